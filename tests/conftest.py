@@ -24,11 +24,22 @@ DEFAULT_URLS = {
     MYSQL_URL_ENV: "mysql+pymysql://root@127.0.0.1:3306/test",
 }
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One torch thread per xdist worker: the workers already use every core.
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Run each test on one torch thread, restoring the thread count afterwards.
+
+    The test models are tiny, so one thread is about as fast as two on a quiet machine, while on
+    a busy one (pytest-xdist workers, other jobs) two OpenMP threads can be 10-100 times slower.
+    """
     import torch
 
+    n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n_threads)
 
 
 def _in_ci() -> bool:
