@@ -1,0 +1,9 @@
+"""Pruners: MORL, successive halving with a recurring learning rate."""
+
+from __future__ import annotations
+
+from optuna_ext.pruners._morl import MORLPruner
+from optuna_ext.pruners._morl_hyperband import MORLHyperbandPruner
+
+
+__all__ = ["MORLHyperbandPruner", "MORLPruner"]
