@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts import get_all_artifact_meta
+import pytest
+import torch
+
+from optuna_ext._checkpoint import CHECKPOINT_MIMETYPE
+from optuna_ext._checkpoint import CheckpointError
+from optuna_ext._checkpoint import load_checkpoint
+from optuna_ext._checkpoint import remove_checkpoint
+from optuna_ext._checkpoint import save_checkpoint
+
+
+@pytest.fixture
+def store(tmp_path) -> FileSystemArtifactStore:
+    (tmp_path / "artifacts").mkdir()
+    return FileSystemArtifactStore(tmp_path / "artifacts")
+
+
+def _model_and_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_round_trip_restores_model_and_optimizer(store, sqlite_url: str) -> None:
+    study = optuna.create_study(storage=sqlite_url)
+    trial = study.ask()
+    model, optimizer = _model_and_optimizer()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 3}
+    artifact_id = save_checkpoint(state, artifact_store=store, study_or_trial=trial)
+
+    metas = get_all_artifact_meta(trial)
+    assert [m.artifact_id for m in metas] == [artifact_id]
+    assert metas[0].mimetype == CHECKPOINT_MIMETYPE
+
+    loaded = load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+    assert loaded["epoch"] == 3
+    fresh, fresh_optimizer = torch.nn.Linear(3, 2), None
+    fresh.load_state_dict(loaded["model"])
+    for a, b in zip(fresh.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    fresh_optimizer.load_state_dict(loaded["optimizer"])
+    buffers = [s["momentum_buffer"] for s in fresh_optimizer.state.values()]
+    expected = [s["momentum_buffer"] for s in optimizer.state.values()]
+    assert all(torch.equal(a, b) for a, b in zip(buffers, expected, strict=True))
+
+
+def test_frozen_trial_with_storage(store) -> None:
+    """A sampler holds a running trial as a FrozenTrial: the storage must come along."""
+    study = optuna.create_study()
+    frozen = study._storage.get_trial(study.ask()._trial_id)
+    artifact_id = save_checkpoint(
+        {"x": torch.zeros(1)},
+        artifact_store=store,
+        study_or_trial=frozen,
+        storage=study._storage,
+    )
+    assert load_checkpoint(artifact_store=store, artifact_id=artifact_id)["x"].shape == (1,)
+
+
+def test_missing_checkpoint_names_the_artifact(store) -> None:
+    with pytest.raises(CheckpointError, match="'no-such-id' cannot be read"):
+        load_checkpoint(artifact_store=store, artifact_id="no-such-id")
+
+
+def test_corrupt_checkpoint_names_the_artifact(store, tmp_path) -> None:
+    study = optuna.create_study()
+    artifact_id = save_checkpoint({"x": torch.ones(2)}, artifact_store=store, study_or_trial=study)
+    path = tmp_path / "artifacts" / artifact_id
+    path.write_bytes(path.read_bytes()[:20])  # truncated
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}' is corrupt"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+
+
+def test_pickled_objects_are_refused(store, tmp_path) -> None:
+    """weights_only=True: a checkpoint holding arbitrary objects does not load."""
+    study = optuna.create_study()
+    artifact_id = save_checkpoint(
+        {"obj": optuna.distributions.FloatDistribution(0, 1)},
+        artifact_store=store,
+        study_or_trial=study,
+    )
+    with pytest.raises(CheckpointError, match="corrupt or not a checkpoint"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+
+
+def test_remove_is_idempotent(store) -> None:
+    study = optuna.create_study()
+    artifact_id = save_checkpoint({"x": torch.ones(1)}, artifact_store=store, study_or_trial=study)
+    remove_checkpoint(artifact_store=store, artifact_id=artifact_id)
+    remove_checkpoint(artifact_store=store, artifact_id=artifact_id)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
