@@ -1,4 +1,4 @@
-"""Samplers: autoHyper's learning-rate search and Hyperdyn's per-epoch GP proposals."""
+"""Samplers: autoHyper's rate search, Hyperdyn's per-epoch proposals, population-based training."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ from optuna_ext.samplers._autohyper import AutoHyperResult
 from optuna_ext.samplers._autohyper import AutoHyperSampler
 from optuna_ext.samplers._autohyper import AutoHyperSearch
 from optuna_ext.samplers._hyperdyn import HyperdynSampler
+from optuna_ext.samplers._pbt import PBTSampler
 
 
-__all__ = ["AutoHyperResult", "AutoHyperSampler", "AutoHyperSearch", "HyperdynSampler"]
+__all__ = [
+    "AutoHyperResult",
+    "AutoHyperSampler",
+    "AutoHyperSearch",
+    "HyperdynSampler",
+    "PBTSampler",
+]
