@@ -257,7 +257,7 @@ def _best_row(method: str, study: optuna.Study, seconds: float) -> DemoRow:
         study=study.study_name,
         trials=f"{_trial_counts(study)}; {epochs} epochs",
         valid_accuracy=float(best.value) if best.value is not None else float("nan"),
-        test_accuracy=float(best.user_attrs.get("test_accuracy", float("nan"))),
+        test_accuracy=_user_attr(best, "test_accuracy"),
         chosen=_format_params(best.params),
         seconds=seconds,
     )
@@ -428,12 +428,18 @@ def demo_pbt(ctx: DemoContext) -> list[DemoRow]:
             method="PBT: population of 4, one epoch a generation",
             study=name,
             trials=f"{_trial_counts(result.study)}",
-            valid_accuracy=float(best.user_attrs.get("valid_accuracy", float("nan"))),
-            test_accuracy=float(best.user_attrs.get("test_accuracy", float("nan"))),
-            chosen=_format_params(best.params),
+            valid_accuracy=_user_attr(best, "valid_accuracy"),
+            test_accuracy=_user_attr(best, "test_accuracy"),
+            chosen=_format_params(best.params) if best is not None else "no member finished",
             seconds=time.perf_counter() - start,
         )
     ]
+
+
+def _user_attr(trial: optuna.trial.FrozenTrial | None, key: str) -> float:
+    if trial is None:
+        return float("nan")
+    return float(trial.user_attrs.get(key, float("nan")))
 
 
 def _runs(values: list[float]) -> list[float]:

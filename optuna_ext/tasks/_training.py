@@ -327,7 +327,7 @@ def fit(
     seed: int = 0,
     trial: BaseTrial | None = None,
     prune: bool = False,
-    epoch_callback: Callable[[int, nn.Module], None] | None = None,
+    epoch_callback: Callable[[int, nn.Module], object] | None = None,
     device: str | torch.device = "cpu",
 ) -> FitResult:
     """Train ``model`` on ``data``, evaluating on the valid part after every epoch.
