@@ -210,7 +210,10 @@ def write_markdown(
             if len(seeds) < 2:
                 cells.append("")
                 continue
-            cells.append(_fmt([ra[s] - rb[s] for s in seeds]) + f" (n={len(seeds)})")
+            diffs = [ra[s] - rb[s] for s in seeds]
+            mean, half = t_interval(diffs)
+            verdict = "beyond the interval" if abs(mean) > half else "within the interval"
+            cells.append(_fmt(diffs) + f" (n={len(seeds)}, {verdict})")
         if any(cells):
             lines.append(f"| {LABELS[a]} − {LABELS[b]} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -298,6 +301,7 @@ def plot(results: list[dict[str, Any]], setting: Setting, path: Path) -> None:
     )
     for row, (title, group) in enumerate(groups):
         for ax, task in zip(axes[row], tasks, strict=True):
+            tops: list[float] = []
             for method in group:
                 runs = _by(results, method, task)
                 if not runs:
@@ -312,6 +316,7 @@ def plot(results: list[dict[str, Any]], setting: Setting, path: Path) -> None:
                 # Only where every seed has a full run.
                 mask = ~np.isnan(stacked).any(axis=0)
                 mean = stacked[:, mask].mean(axis=0)
+                tops.append(100 * float(mean.max()))
                 ax.plot(
                     grid[mask] / setting.max_resource,
                     100 * mean,
@@ -319,6 +324,9 @@ def plot(results: list[dict[str, Any]], setting: Setting, path: Path) -> None:
                     color=_COLORS[method],
                     label=f"{LABELS[method]} (n={len(runs)})",
                 )
+            if tops:
+                # The early curves of full training start near chance: show the last 3 points.
+                ax.set_ylim(max(tops) - 3.0, max(tops) + 0.3)
             ax.set_title(f"{task}, {title}", fontsize=10)
             ax.set_xlabel(f"epochs spent (units of r = {setting.max_resource} epochs)")
             ax.set_ylabel("best valid. accuracy of a full run (%)")
@@ -408,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     prefix = Path(args.output_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     markdown = write_markdown(results, setting, command.strip(), wall)
-    markdown += fidelity_markdown(fidelity)
+    markdown += "\n" + fidelity_markdown(fidelity)
     Path(f"{prefix}.md").write_text(markdown)
     Path(f"{prefix}.json").write_text(
         json.dumps(
