@@ -8,6 +8,7 @@ from optuna.pruners import BasePruner
 from optuna_ext.pruners._rungs import check_int
 from optuna_ext.pruners._rungs import check_single_objective
 from optuna_ext.pruners._rungs import check_step
+from optuna_ext.pruners._rungs import first_rung_end
 from optuna_ext.pruners._rungs import LAST_RUNG_CHOICES
 from optuna_ext.pruners._rungs import LastRung
 from optuna_ext.pruners._rungs import LayoutRecord
@@ -166,17 +167,7 @@ class MORLPruner(BasePruner):
         min_lr: float = 0.0,
     ) -> None:
         reduction_factor = check_int("reduction_factor", reduction_factor, 2)
-        if min_exponent is not None and min_resource is not None:
-            raise ValueError(
-                f"The values of `min_exponent` and `min_resource` are {min_exponent} and "
-                f"{min_resource}, but only one may be given: the first rung ends at "
-                "`reduction_factor**min_exponent` or at `min_resource`."
-            )
-        if min_resource is not None:
-            first_end = check_int("min_resource", min_resource, 1)
-        else:
-            exponent = check_int("min_exponent", 2 if min_exponent is None else min_exponent, 0)
-            first_end = reduction_factor**exponent
+        first_end = first_rung_end(reduction_factor, min_exponent, min_resource, "rung")
         max_resource = check_int("max_resource", max_resource, 1)
         bootstrap_count = check_int("bootstrap_count", bootstrap_count, 0)
         _check_schedule_defaults(last_rung, schedule_kind, min_lr)

@@ -255,3 +255,23 @@ class LayoutRecord:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["key"], state["layout"], state["owner"])  # type: ignore[misc]
+
+
+def first_rung_end(
+    reduction_factor: int, min_exponent: int | None, min_resource: int | None, unit: str
+) -> int:
+    """The end of the first rung (or round): ``min_resource``, else ``eta**min_exponent``.
+
+    ``min_exponent`` defaults to 2 (the paper's s_min); giving both is a ``ValueError``.
+    ``unit`` names what ends there in the message ("rung" or "round").
+    """
+    if min_exponent is not None and min_resource is not None:
+        raise ValueError(
+            f"The values of `min_exponent` and `min_resource` are {min_exponent} and "
+            f"{min_resource}, but only one may be given: the first {unit} ends at "
+            "`reduction_factor**min_exponent` or at `min_resource`."
+        )
+    if min_resource is not None:
+        return check_int("min_resource", min_resource, 1)
+    exponent = check_int("min_exponent", 2 if min_exponent is None else min_exponent, 0)
+    return reduction_factor**exponent

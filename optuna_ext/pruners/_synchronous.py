@@ -18,6 +18,7 @@ from optuna_ext._checkpoint import save_checkpoint
 from optuna_ext.pruners._morl import _check_schedule_defaults
 from optuna_ext.pruners._rungs import check_int
 from optuna_ext.pruners._rungs import completed_rung_key
+from optuna_ext.pruners._rungs import first_rung_end
 from optuna_ext.pruners._rungs import LastRung
 from optuna_ext.pruners._rungs import rung_ends
 from optuna_ext.schedules import RecurringLR
@@ -315,17 +316,7 @@ class SynchronousMORL:
         artifact_store: ArtifactStore | None = None,
     ) -> None:
         reduction_factor = check_int("reduction_factor", reduction_factor, 2)
-        if min_exponent is not None and min_resource is not None:
-            raise ValueError(
-                f"The values of `min_exponent` and `min_resource` are {min_exponent} and "
-                f"{min_resource}, but only one may be given: the first round ends at "
-                "`reduction_factor**min_exponent` or at `min_resource`."
-            )
-        if min_resource is not None:
-            first_end = check_int("min_resource", min_resource, 1)
-        else:
-            exponent = check_int("min_exponent", 2 if min_exponent is None else min_exponent, 0)
-            first_end = reduction_factor**exponent
+        first_end = first_rung_end(reduction_factor, min_exponent, min_resource, "round")
         max_resource = check_int("max_resource", max_resource, 1)
         n_configs = check_int("n_configs", n_configs, 1)
         if not isinstance(recurring, bool):
