@@ -273,7 +273,7 @@ def test_every_optimizer_trains(digits: DatasetSplit, optimizer: str, lr: float)
 
 
 def test_optimizer_names_are_covered() -> None:
-    assert set(OPTIMIZER_NAMES) == {"sgd", "adam", "adagrad", "rmsprop"}
+    assert set(OPTIMIZER_NAMES) == {"sgd", "adam", "adagrad", "rmsprop", "sgd_hd", "adam_hd"}
 
 
 def test_fit_divergence_is_reported_not_raised(teacher_2d: DatasetSplit) -> None:
