@@ -25,6 +25,8 @@ from optuna_ext.metrics import KnowledgeGainSnapshot
 from optuna_ext.metrics import KnowledgeGainTracker
 from optuna_ext.metrics import LayerKnowledgeGain
 from optuna_ext.optim import AdamHD
+from optuna_ext.optim import lr_range_test
+from optuna_ext.optim import LRRangeTestResult
 from optuna_ext.optim import SGDHD
 from optuna_ext.pruners import MORLHyperbandPruner
 from optuna_ext.pruners import MORLPruner
@@ -49,6 +51,7 @@ __all__ = [
     "HyperdynTuner",
     "KnowledgeGainSnapshot",
     "KnowledgeGainTracker",
+    "LRRangeTestResult",
     "LayerKnowledgeGain",
     "MORLHyperbandPruner",
     "MORLPruner",
@@ -60,6 +63,7 @@ __all__ = [
     "__version__",
     "fit_hyperdyn",
     "hyperdyn",
+    "lr_range_test",
     "metrics",
     "optim",
     "pbt",
