@@ -47,8 +47,8 @@ CLOCK_ATTR = "bench:clock"
 """Trial user attr: the run's wall time (s) after each epoch of the trial."""
 INTERRUPTED_ATTR = "bench:interrupted"
 """Trial user attr of a trial failed because its session stopped (run again on resume)."""
-REQUEUED_ATTR = "bench:requeued"
-"""Trial user attr of an interrupted trial whose parameters were enqueued again."""
+RETRY_OF_ATTR = "bench:retry_of"
+"""Trial user attr of a trial that runs an interrupted trial's configuration again."""
 CUT_ATTR = "bench:cut"
 """Trial user attr of a trial stopped because the run's budget was spent."""
 TEST_ATTR = "test_accuracy"
@@ -316,6 +316,7 @@ class RunContext:
         prune: bool = False,
         counted: bool = True,
         optimizer: str = "sgd",
+        hypergrad_lr: float | None = None,
         data_seed: int | None = None,
         epoch_callback: Callable[[int, nn.Module], object] | None = None,
     ) -> Trained:
@@ -337,6 +338,7 @@ class RunContext:
             prune: Whether to ask the trial's pruner after each epoch.
             counted: Whether the epochs count against the budget.
             optimizer: A name of :func:`optuna_ext.tasks.make_optimizer`.
+            hypergrad_lr: The hypergradient rate of ``"sgd_hd"`` and ``"adam_hd"``.
             data_seed: The seed of the data order (default: from the run's seed and the
                 trial number).
             epoch_callback: Passed on to :func:`optuna_ext.tasks.fit`.
@@ -367,6 +369,7 @@ class RunContext:
                 weight_decay=float(
                     config.get("weight_decay", self.problem.baseline["weight_decay"])
                 ),
+                hypergrad_lr=hypergrad_lr,
                 batch_size=self.problem.batch_size,
                 epochs=length,
                 schedule=schedule,
@@ -431,14 +434,18 @@ class RunContext:
 
     def requeue_interrupted(self, study: optuna.Study) -> None:
         """Enqueue again the configurations of trials that an earlier session left unfinished
-        (so that a resumed search evaluates the same configurations as an uninterrupted one)."""
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            attrs = trial.user_attrs
-            if attrs.get(INTERRUPTED_ATTR) and not attrs.get(REQUEUED_ATTR) and trial.params:
-                study.enqueue_trial(
-                    dict(trial.params), user_attrs={"bench:retry_of": trial.number}
-                )
-                self.storage.set_trial_user_attr(trial._trial_id, REQUEUED_ATTR, True)
+        (so that a resumed search evaluates the same configurations as an uninterrupted one).
+        Each is enqueued once: its retry names it in the user attr ``bench:retry_of``."""
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
+        for trial in trials:
+            if (
+                trial.state == TrialState.FAIL
+                and trial.user_attrs.get(INTERRUPTED_ATTR)
+                and trial.number not in retried
+                and trial.params
+            ):
+                study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_ATTR: trial.number})
 
     def search(
         self,

@@ -246,8 +246,58 @@ def autohyper(ctx: RunContext) -> Outcome:
     )
 
 
+@register("lr_range_test", "LR range test (Smith)", tunes=1, resumable=False)
+def lr_range_test(ctx: RunContext) -> Outcome:
+    """Smith's range test of SGD's rate (200 steps from 1e-5 to 10; a tenth of the rate at the
+    smoothed loss's minimum, Smith's rule: the steepest-descent rule picks the smallest rate
+    on the teacher MLPs, whose smoothed loss is flat at first; momentum and weight decay: the
+    baseline's), then ``E`` epochs with one cosine from the suggested rate."""
+    from optuna_ext.optim import lr_range_test as range_test
+
+    baseline = ctx.problem.baseline
+    n_train = len(ctx.data.train)
+    steps_per_epoch = -(-n_train // ctx.problem.batch_size)
+    result = range_test(
+        ctx.model(),
+        ctx.data,
+        optimizer="sgd",
+        min_lr=1e-5,
+        max_lr=10.0,
+        num_steps=int(min(200, ctx.budget.total * steps_per_epoch)),
+        rule="min_div_10",
+        batch_size=ctx.problem.batch_size,
+        momentum=baseline["momentum"],
+        weight_decay=baseline["weight_decay"],
+        seed=ctx.seed,
+    )
+    ctx.record(None, epochs=len(result.lrs) * ctx.problem.batch_size / n_train)
+    config = ctx.problem.config(lr=result.suggested_lr)
+    notes = f"{len(result.lrs)} steps" + (" (diverged)" if result.diverged else "")
+    return ctx.outcome_of(ctx.final(config), config, notes=notes, final=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Online methods: one model (or one population), its hyper-parameters changed while it trains.
+
+
+def _hypergradient(ctx: RunContext, optimizer: str, hypergrad_lr: float) -> Outcome:
+    """One training of ``E`` epochs from the paper's initial rate 1e-3, the rate adapted at
+    every step by hypergradient descent (Baydin et al. 2018; momentum and weight decay: the
+    baseline's; no schedule)."""
+    config = ctx.problem.config(lr=1e-3)
+    trained = ctx.train(config, schedule=None, optimizer=optimizer, hypergrad_lr=hypergrad_lr)
+    final = {**config, "lr": float(trained.fit.lrs[-1])}
+    return ctx.outcome_of(trained, final, lr_per_epoch=trained.fit.lrs)
+
+
+@register("sgd_hd", "SGD-HD (hypergradient descent)", online=True, resumable=False, tunes=1)
+def sgd_hd(ctx: RunContext) -> Outcome:
+    return _hypergradient(ctx, "sgd_hd", hypergrad_lr=1e-3)  # the paper's beta for SGD-HD
+
+
+@register("adam_hd", "Adam-HD (hypergradient descent)", online=True, resumable=False, tunes=1)
+def adam_hd(ctx: RunContext) -> Outcome:
+    return _hypergradient(ctx, "adam_hd", hypergrad_lr=1e-7)  # the paper's beta (MLP, logreg)
 
 
 @register(
