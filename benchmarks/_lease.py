@@ -278,6 +278,16 @@ class Lease:
             self._thread.join()
             self._thread = None
 
+    def lost(self) -> bool:
+        """Whether another worker has taken the job over (asks the storage if not known)."""
+        if not self._lost.is_set():
+            try:
+                if self._taken_over():
+                    self._lost.set()
+            except Exception:
+                pass
+        return self._lost.is_set()
+
     def check(self) -> None:
         """Raise :class:`LeaseLost` when another worker has taken the job over."""
         if self._lost.is_set():

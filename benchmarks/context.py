@@ -23,6 +23,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from benchmarks._lease import LeaseLost
 from optuna_ext._storage import load_or_create_study
 
 
@@ -420,8 +421,14 @@ class RunContext:
                 return objective(trial)
             except optuna.TrialPruned:
                 raise
-            except BaseException:
-                trial.set_user_attr(INTERRUPTED_ATTR, True)
+            except BaseException as e:
+                try:
+                    trial.set_user_attr(INTERRUPTED_ATTR, True)
+                except Exception:
+                    pass  # failed meanwhile by the worker that took the job over
+                if isinstance(e, LeaseLost):
+                    # An Exception, so that Optuna fails the trial before passing it on.
+                    raise RuntimeError(str(e)) from e
                 raise
 
         while self.left() >= min_left:

@@ -256,14 +256,13 @@ def lr_range_test(ctx: RunContext) -> Outcome:
 
     baseline = ctx.problem.baseline
     n_train = len(ctx.data.train)
-    steps_per_epoch = -(-n_train // ctx.problem.batch_size)
     result = range_test(
         ctx.model(),
         ctx.data,
         optimizer="sgd",
         min_lr=1e-5,
         max_lr=10.0,
-        num_steps=int(min(200, ctx.budget.total * steps_per_epoch)),
+        num_steps=int(min(200, ctx.budget.total * n_train // ctx.problem.batch_size)),
         rule="min_div_10",
         batch_size=ctx.problem.batch_size,
         momentum=baseline["momentum"],

@@ -492,6 +492,10 @@ def _run_claimed(
         lease.release()
         raise
     except Exception as e:
+        if lease.lost():  # its studies changed under it: not an error of the job
+            report.lost.append(name)
+            print(f"{name}: taken over by another worker ({type(e).__name__})", file=log)
+            return
         lease.release()
         message = f"{type(e).__name__}: {e}"
         report.failed[name] = message
