@@ -135,8 +135,10 @@ class _EpochReporter:
         epochs: int,
         prune: bool,
         counted: bool,
+        run: int,
     ) -> None:
         self._ctx = ctx
+        self._run = run
         self._trial = trial
         self._epochs = epochs
         self._prune = prune
@@ -152,8 +154,7 @@ class _EpochReporter:
         clock = self._ctx.clock()
         self.clocks.append(round(clock, 2))
         if self._counted:
-            number = self._trial.number if self._trial is not None else 0
-            self._ctx._add(Event(1.0, float(value), clock, number))
+            self._ctx._add(Event(1.0, float(value), clock, self._run))
         self._step = step
 
     def should_prune(self) -> bool:
@@ -169,6 +170,8 @@ def derived_seed(seed: int, *stream: int) -> int:
     return int(state) & 0x7FFFFFFF
 
 
+FINAL_RUN = -1
+"""The run index of a final training in the recorded events."""
 _STREAM_DATA = 1
 _STREAM_FINAL = 2
 _STREAM_SAMPLER = 3
@@ -320,6 +323,7 @@ class RunContext:
         hypergrad_lr: float | None = None,
         data_seed: int | None = None,
         epoch_callback: Callable[[int, nn.Module], object] | None = None,
+        run: int | None = None,
     ) -> Trained:
         """Train a fresh model with ``config`` (``lr``, ``momentum``, ``weight_decay``).
 
@@ -343,6 +347,8 @@ class RunContext:
             data_seed: The seed of the data order (default: from the run's seed and the
                 trial number).
             epoch_callback: Passed on to :func:`optuna_ext.tasks.fit`.
+            run: The index of the training run in the recorded events (default: the trial
+                number, or 0).
         """
         from optuna_ext.tasks import evaluate
         from optuna_ext.tasks import fit
@@ -358,7 +364,11 @@ class RunContext:
         if data_seed is None:
             number = trial.number if trial is not None else 0
             data_seed = derived_seed(self.seed, _STREAM_DATA, number)
-        reporter = _EpochReporter(self, trial, epochs=length, prune=prune, counted=counted)
+        if run is None:
+            run = trial.number if trial is not None else 0
+        reporter = _EpochReporter(
+            self, trial, epochs=length, prune=prune, counted=counted, run=run
+        )
         model = self.model()
         try:
             result = fit(
@@ -390,14 +400,19 @@ class RunContext:
             trial.set_user_attr(TRAIN_ATTR, train_accuracy)
         return Trained(model=model, fit=result, train_accuracy=train_accuracy)
 
-    def final(self, config: dict[str, float], *, optimizer: str = "sgd") -> Trained:
+    def final(
+        self, config: dict[str, float], *, optimizer: str = "sgd", counted: bool = False
+    ) -> Trained:
         """Train ``config`` for ``E`` epochs with one cosine: the final model of a method that
-        chose a configuration without training it fully (not counted in the budget)."""
+        chose a configuration without training it fully. Not counted in the budget (the
+        evaluation of a choice, e.g. MORL's), unless ``counted`` (the last step of a method,
+        e.g. autoHyper's, which then leaves ``E`` epochs of its budget for it)."""
         return self.train(
             config,
-            counted=False,
+            counted=counted,
             optimizer=optimizer,
             data_seed=derived_seed(self.seed, _STREAM_FINAL),
+            run=FINAL_RUN,
         )
 
     # -- searches ----------------------------------------------------------------------------
@@ -529,7 +544,6 @@ class RunContext:
         trials: int = 1,
         lr_per_epoch: Sequence[float] | None = None,
         notes: str = "",
-        final: bool = False,
     ) -> Outcome:
         """The outcome of a method whose model is ``trained``."""
         return Outcome(
@@ -540,7 +554,6 @@ class RunContext:
             trials=trials,
             lr_per_epoch=None if lr_per_epoch is None else [float(x) for x in lr_per_epoch],
             notes=notes,
-            final_epochs=trained.fit.epochs if final else 0,
         )
 
 

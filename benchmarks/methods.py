@@ -202,14 +202,16 @@ def morl_tpe(ctx: RunContext) -> Outcome:
 @register("autohyper", "autoHyper (initial rate from Z)", tunes=1, requires=_needs_conv)
 def autohyper(ctx: RunContext) -> Outcome:
     """autoHyper's search over SGD's rate (momentum and weight decay: the baseline's); each
-    trial trains ``search_epochs`` epochs at a constant rate while Z is tracked. The chosen
-    rate is then trained for ``E`` epochs with one cosine."""
+    trial trains ``search_epochs`` epochs at a constant rate while Z is tracked, until the
+    search converges or only ``E`` epochs of the budget are left; then the chosen rate is
+    trained for ``E`` epochs with one cosine (counted in the budget)."""
     from optuna_ext.metrics import KnowledgeGainTracker
     from optuna_ext.samplers import AutoHyperSampler
 
     n = ctx.budget.search_epochs
+    search_budget = ctx.budget.total - ctx.epochs
     sampler = AutoHyperSampler(
-        seed=ctx.seed, max_trials=max(1, ctx.budget.total // n), save_plot=False
+        seed=ctx.seed, max_trials=max(1, search_budget // n), save_plot=False
     )
     study = ctx.study(sampler)
 
@@ -231,7 +233,10 @@ def autohyper(ctx: RunContext) -> Outcome:
         return trained.valid_accuracy
 
     ctx.optimize(
-        study, objective, min_left=n, until=lambda: AutoHyperSampler.result(study).converged
+        study,
+        objective,
+        min_left=n + ctx.epochs,
+        until=lambda: AutoHyperSampler.result(study).converged,
     )
     search = AutoHyperSampler.result(study)
     lr, notes = search.lr, f"{search.n_trials} search trials ({search.reason})"
@@ -241,9 +246,8 @@ def autohyper(ctx: RunContext) -> Outcome:
         lr = float(best.params["lr"]) if best is not None else ctx.problem.baseline["lr"]
         notes += "; not converged within the budget: the best search trial's rate"
     config = ctx.problem.config(lr=lr)
-    return ctx.outcome_of(
-        ctx.final(config), config, trials=search.n_trials, notes=notes, final=True
-    )
+    final = ctx.final(config, counted=True)
+    return ctx.outcome_of(final, config, trials=search.n_trials + 1, notes=notes)
 
 
 @register("lr_range_test", "LR range test (Smith)", tunes=1, resumable=False)
@@ -262,7 +266,9 @@ def lr_range_test(ctx: RunContext) -> Outcome:
         optimizer="sgd",
         min_lr=1e-5,
         max_lr=10.0,
-        num_steps=int(min(200, ctx.budget.total * n_train // ctx.problem.batch_size)),
+        num_steps=int(
+            min(200, (ctx.budget.total - ctx.epochs) * n_train // ctx.problem.batch_size)
+        ),
         rule="min_div_10",
         batch_size=ctx.problem.batch_size,
         momentum=baseline["momentum"],
@@ -272,7 +278,7 @@ def lr_range_test(ctx: RunContext) -> Outcome:
     ctx.record(None, epochs=len(result.lrs) * ctx.problem.batch_size / n_train)
     config = ctx.problem.config(lr=result.suggested_lr)
     notes = f"{len(result.lrs)} steps" + (" (diverged)" if result.diverged else "")
-    return ctx.outcome_of(ctx.final(config), config, notes=notes, final=True)
+    return ctx.outcome_of(ctx.final(config, counted=True), config, trials=2, notes=notes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,10 +65,9 @@ def test_a_tiny_run_writes_summaries_and_report_needs_only_the_storage(
         assert "python -m benchmarks run" in s["command"]
         assert s["params_optimized"] == METHODS[method].tunes(PROBLEMS[PROBLEM])
         assert len(json.dumps(s)) < 4000  # compact: the dashboard reads every study attr
-        if method != "lr_range_test":  # the range test evaluates no model before its final one
-            assert s["curve"] and s["curve"][-1][0] == s["epochs_spent"]
-            values = [y for _, y in s["curve"]]
-            assert values == sorted(values)
+        assert s["curve"] and s["curve"][-1][0] == s["epochs_spent"]
+        values = [y for _, y in s["curve"]]
+        assert values == sorted(values)
     # Every search method spends the whole budget; the single-run methods one run.
     for method in ("random", "sha", "morl", "pbt"):
         assert summaries[method]["epochs_spent"] == budget.total
@@ -76,6 +75,9 @@ def test_a_tiny_run_writes_summaries_and_report_needs_only_the_storage(
         assert summaries[method]["epochs_spent"] == budget.epochs
         assert summaries[method]["trials"] == 1
     assert summaries["morl"]["final_epochs"] == budget.epochs  # trained again with one cosine
+    # The range test's own final training is part of its budget.
+    assert summaries["lr_range_test"]["final_epochs"] == 0
+    assert summaries["lr_range_test"]["curve"][0][0] > budget.epochs - 1
     for method in ("sgd_hd", "hyperdyn", "pbt"):
         lrs = summaries[method]["lr_per_epoch"]
         assert lrs and all(lr > 0 for lr in lrs)
