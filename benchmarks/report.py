@@ -299,17 +299,20 @@ def markdown(summaries: Sequence[dict[str, Any]], *, command: str | None = None)
 # Plots.
 
 
-def _styles(methods: Iterable[str]) -> dict[str, tuple[Any, str]]:
+def _styles() -> dict[str, tuple[Any, str]]:
+    """A colour and line style per registered method (the same in every plot)."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab20"]
     # The dark colours of tab20's pairs first, then the light ones.
     colors = [cmap(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
-    ordered = sorted(set(methods), key=_order)
     return {
-        m: (colors[i % 20], "--" if m in METHODS and METHODS[m].online else "-")
-        for i, m in enumerate(ordered)
+        m.name: (colors[i % 20], "--" if m.online else "-") for i, m in enumerate(METHODS.values())
     }
+
+
+def _style(method: str) -> tuple[Any, str]:
+    return _styles().get(method, ("0.3", ":"))
 
 
 def _grid_figure(n: int) -> tuple[Figure, list[Any]]:
@@ -328,12 +331,14 @@ def _grid_figure(n: int) -> tuple[Figure, list[Any]]:
 
 
 def _step_mean(curves: Sequence[Sequence[Sequence[float]]], grid: np.ndarray) -> np.ndarray:
-    """The mean over runs of step curves ``[[x, y], ...]`` on ``grid`` (NaN before a run's
-    first point)."""
+    """The mean over runs of step curves ``[[x, y], ...]`` on ``grid``: NaN before a run's
+    first point and after its last (where a run has spent all it spent), so the mean is drawn
+    only where every run has a value."""
     stacked = np.full((len(curves), len(grid)), np.nan)
     for i, curve in enumerate(curves):
         for x, y in curve:
             stacked[i, grid >= x - 1e-9] = y
+        stacked[i, grid > curve[-1][0] + 1e-9] = np.nan
     return stacked.mean(axis=0)
 
 
@@ -342,18 +347,20 @@ def plot_best_so_far(summaries: Sequence[dict[str, Any]]) -> Figure:
     one panel per problem."""
     grouped = groups(summaries)
     fig, axes = _grid_figure(max(len(grouped), 1))
-    styles = _styles(s["method"] for s in summaries)
     handles: dict[str, Any] = {}
     for ax, ((problem, budget), runs) in zip(axes, grouped.items(), strict=False):
         total, per_run = runs[0]["budget_epochs"], runs[0]["epochs_per_run"]
-        grid = np.linspace(0, total, 400)
+        xs = [x for s in runs for x, _ in s["curve"]]
+        grid = np.unique(np.concatenate([np.linspace(0, total, 400), np.asarray(xs, float)]))
         finals = []
         for method in sorted({s["method"] for s in runs}, key=_order):
             curves = [s["curve"] for s in runs if s["method"] == method and s["curve"]]
             if not curves:
                 continue
             mean = _step_mean(curves, grid)
-            color, style = styles[method]
+            if np.isnan(mean).all():
+                continue
+            color, style = _style(method)
             (line,) = ax.plot(grid / per_run, 100 * mean, style, color=color, lw=1.4)
             handles.setdefault(_label(method), line)
             finals.append(100 * float(np.nanmax(mean)))
@@ -385,12 +392,11 @@ def plot_lr(summaries: Sequence[dict[str, Any]]) -> Figure | None:
         return None
     grouped = groups(online)
     fig, axes = _grid_figure(len(grouped))
-    styles = _styles(s["method"] for s in online)
     handles: dict[str, Any] = {}
     for ax, ((problem, budget), runs) in zip(axes, grouped.items(), strict=True):
         for s in sorted(runs, key=lambda s: (_order(s["method"]), s["seed"])):
             lrs = s["lr_per_epoch"]
-            color, _ = styles[s["method"]]
+            color, _ = _style(s["method"])
             (line,) = ax.plot(range(1, len(lrs) + 1), lrs, "-", color=color, lw=1.0, alpha=0.8)
             handles.setdefault(_label(s["method"]), line)
         ax.set_yscale("log")
