@@ -382,10 +382,9 @@ def _online_outcome(
 
 
 def _pbt(ctx: RunContext, *, pb2: bool) -> Outcome:
-    """A population of ``population`` members trained for ``runs * epochs // population``
-    generations of one epoch (the whole budget), exploiting and exploring SGD's rate,
-    momentum and weight decay every generation; the best member of the last generation is
-    the model."""
+    """A population of ``population`` members trained for ``generations`` generations of
+    ``pbt_interval`` epochs (the whole budget), exploiting and exploring SGD's rate, momentum
+    and weight decay after each; the best member of the last generation is the model."""
     from optuna_ext.hyperdyn import MemoryArtifactStore
     import optuna_ext.pbt
     from optuna_ext.samplers import PBTSampler
@@ -397,13 +396,14 @@ def _pbt(ctx: RunContext, *, pb2: bool) -> Outcome:
             f"{ctx.problem.name!r} has model arguments {dict(ctx.problem.model_kwargs)}."
         )
     population = ctx.budget.population
-    generations = ctx.budget.total // population
+    generations = ctx.budget.generations
+    interval = ctx.budget.pbt_interval
     study = ctx.attempt_study(PBTSampler(population_size=population, pb2=pb2, seed=ctx.seed))
     space = ctx.problem.space
     segment = optuna_ext.pbt.training_segment(
         ctx.data,
         model=ctx.problem.model,
-        epochs_per_generation=1,
+        epochs_per_generation=interval,
         seed=ctx.seed,
         batch_size=ctx.problem.batch_size,
         lr=(space["lr"].low, space["lr"].high),
@@ -413,8 +413,8 @@ def _pbt(ctx: RunContext, *, pb2: bool) -> Outcome:
 
     def counted_segment(trial: optuna.Trial, state: dict[str, Any]) -> float:
         score = segment(trial, state)
-        ctx.record(score)
-        if state.get("epochs") == generations:
+        ctx.record(score, epochs=interval)
+        if state.get("epochs") == generations * interval:
             model = ctx.model()
             model.load_state_dict(state["model"])
             trial.set_user_attr(TRAIN_ATTR, evaluate(model, ctx.data.train).accuracy)
@@ -437,8 +437,10 @@ def _pbt(ctx: RunContext, *, pb2: bool) -> Outcome:
         test_accuracy=float(best.user_attrs["test_accuracy"]),
         train_accuracy=float(best.user_attrs[TRAIN_ATTR]),
         trials=len(complete),
-        lr_per_epoch=[float(s["params"]["lr"]) for s in result.schedule()],
-        notes=f"{population} members x {generations} generations of 1 epoch",
+        lr_per_epoch=[
+            float(s["params"]["lr"]) for s in result.schedule() for _ in range(interval)
+        ],
+        notes=f"{population} members x {generations} generations of {interval} epoch(s)",
     )
 
 

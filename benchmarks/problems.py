@@ -57,12 +57,14 @@ class Budget:
         first_rung:
             The first rung (epochs) of successive halving, Hyperband and MORL (``eta = 3``).
         population:
-            The population of PBT and PB2 (``runs * epochs // population`` generations of
-            one epoch).
+            The population of PBT and PB2.
         search_epochs:
             The epochs of one autoHyper search trial (the paper's 5 at the full budget).
         random_start:
             Hyperdyn's Random-Start candidates (the paper's 5 at the full budget).
+        pbt_interval:
+            The epochs of one PBT generation (between two exploit/explore steps): PBT and
+            PB2 train ``runs * epochs // (population * pbt_interval)`` generations.
     """
 
     epochs: int
@@ -71,6 +73,7 @@ class Budget:
     population: int
     search_epochs: int
     random_start: int
+    pbt_interval: int = 1
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -85,11 +88,17 @@ class Budget:
                 f"The value of `first_rung` is {self.first_rung}, but must be "
                 f"`first_rung <= epochs` ({self.epochs})."
             )
-        if self.population < 2 or self.population > self.total:
+        if self.population < 2 or self.population * self.pbt_interval > self.total:
             raise ValueError(
-                f"The value of `population` is {self.population}, but must be "
-                f"`2 <= population <= runs * epochs` ({self.total})."
+                f"The values of `population` and `pbt_interval` are {self.population} and "
+                f"{self.pbt_interval}, but must be `population >= 2` with "
+                f"`population * pbt_interval <= runs * epochs` ({self.total})."
             )
+
+    @property
+    def generations(self) -> int:
+        """The generations of PBT and PB2 (the whole budget)."""
+        return self.total // (self.population * self.pbt_interval)
 
     @property
     def total(self) -> int:
@@ -252,8 +261,11 @@ _GRID = {"lr": (0.01, 0.03, 0.1, 0.3), "momentum": (0.5, 0.9), "weight_decay": (
 
 _TINY = Budget(epochs=2, runs=3, first_rung=1, population=2, search_epochs=1, random_start=2)
 _SMALL = Budget(epochs=6, runs=6, first_rung=2, population=4, search_epochs=2, random_start=3)
-_FULL = Budget(epochs=18, runs=16, first_rung=2, population=8, search_epochs=5, random_start=5)
-"""18-epoch runs, 16 of them (288 epochs) per method; rungs at 2, 6 and 18 epochs."""
+_FULL = Budget(
+    epochs=18, runs=16, first_rung=2, population=8, search_epochs=5, random_start=5, pbt_interval=3
+)
+"""18-epoch runs, 16 of them (288 epochs) per method; rungs at 2, 6 and 18 epochs; PBT: 8
+members, 12 generations of 3 epochs."""
 
 _FULL_RESNET = Budget(
     epochs=9, runs=8, first_rung=1, population=8, search_epochs=3, random_start=5

@@ -401,7 +401,7 @@ def plot_lr(summaries: Sequence[dict[str, Any]]) -> Figure | None:
             handles.setdefault(_label(s["method"]), line)
         ax.set_yscale("log")
         ax.set_title(f"{problem} ({budget})", fontsize=10)
-        ax.set_xlabel("epoch of the model (PBT: generation)")
+        ax.set_xlabel("epoch of the model (PBT: of its best member's lineage)")
         ax.set_ylabel("learning rate")
         ax.grid(alpha=0.3, which="both")
     fig.legend(
