@@ -116,7 +116,7 @@ def test_budget_validation_names_the_value() -> None:
         Budget(epochs=0, runs=1, first_rung=1, population=2, search_epochs=1, random_start=1)
     with pytest.raises(ValueError, match="`first_rung` is 5"):
         Budget(epochs=2, runs=3, first_rung=5, population=2, search_epochs=1, random_start=1)
-    with pytest.raises(ValueError, match="`population` is 9"):
+    with pytest.raises(ValueError, match="`pbt_interval` are 9 and 1"):
         Budget(epochs=2, runs=3, first_rung=1, population=9, search_epochs=1, random_start=1)
 
 
