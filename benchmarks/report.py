@@ -303,11 +303,12 @@ def _styles() -> dict[str, tuple[Any, str]]:
     """A colour and line style per registered method (the same in every plot)."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab20"]
-    # The dark colours of tab20's pairs first, then the light ones.
-    colors = [cmap(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+    # Sixteen dark, distinct colours: tab10's, then Dark2's.
+    tab10, dark2 = matplotlib.colormaps["tab10"], matplotlib.colormaps["Dark2"]
+    colors = [tab10(i) for i in range(10)] + [dark2(i) for i in range(8)]
     return {
-        m.name: (colors[i % 20], "--" if m.online else "-") for i, m in enumerate(METHODS.values())
+        m.name: (colors[i % len(colors)], "--" if m.online else "-")
+        for i, m in enumerate(METHODS.values())
     }
 
 
