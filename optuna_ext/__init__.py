@@ -1,16 +1,18 @@
 """optuna-ext: learning-rate-aware hyper-parameter optimization for deep networks, on Optuna.
 
 The public classes live in role subpackages (:mod:`optuna_ext.samplers`,
-:mod:`optuna_ext.pruners`, :mod:`optuna_ext.schedules`, :mod:`optuna_ext.metrics`) and are
-re-exported here, so ``from optuna_ext import AutoHyperSampler`` works. The drivers that run
-training themselves live in :mod:`optuna_ext.hyperdyn` and :mod:`optuna_ext.pbt`; the training
-tasks shared by demos, benchmarks and tests in :mod:`optuna_ext.tasks`.
+:mod:`optuna_ext.pruners`, :mod:`optuna_ext.schedules`, :mod:`optuna_ext.metrics`,
+:mod:`optuna_ext.optim`) and are re-exported here, so ``from optuna_ext import
+AutoHyperSampler`` works. The drivers that run training themselves live in
+:mod:`optuna_ext.hyperdyn` and :mod:`optuna_ext.pbt`; the training tasks shared by demos,
+benchmarks and tests in :mod:`optuna_ext.tasks`.
 """
 
 from __future__ import annotations
 
 from optuna_ext import hyperdyn
 from optuna_ext import metrics
+from optuna_ext import optim
 from optuna_ext import pbt
 from optuna_ext import pruners
 from optuna_ext import samplers
@@ -22,6 +24,10 @@ from optuna_ext.metrics import EVBMFResult
 from optuna_ext.metrics import KnowledgeGainSnapshot
 from optuna_ext.metrics import KnowledgeGainTracker
 from optuna_ext.metrics import LayerKnowledgeGain
+from optuna_ext.optim import AdamHD
+from optuna_ext.optim import lr_range_test
+from optuna_ext.optim import LRRangeTestResult
+from optuna_ext.optim import SGDHD
 from optuna_ext.pruners import MORLHyperbandPruner
 from optuna_ext.pruners import MORLPruner
 from optuna_ext.pruners import SynchronousMORL
@@ -36,6 +42,7 @@ from optuna_ext.version import __version__
 
 
 __all__ = [
+    "AdamHD",
     "AutoHyperResult",
     "AutoHyperSampler",
     "AutoHyperSearch",
@@ -44,17 +51,21 @@ __all__ = [
     "HyperdynTuner",
     "KnowledgeGainSnapshot",
     "KnowledgeGainTracker",
+    "LRRangeTestResult",
     "LayerKnowledgeGain",
     "MORLHyperbandPruner",
     "MORLPruner",
     "PBTSampler",
     "RecurringLR",
+    "SGDHD",
     "SynchronousMORL",
     "SynchronousRound",
     "__version__",
     "fit_hyperdyn",
     "hyperdyn",
+    "lr_range_test",
     "metrics",
+    "optim",
     "pbt",
     "pruners",
     "samplers",

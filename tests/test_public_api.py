@@ -9,7 +9,7 @@ import pytest
 import optuna_ext
 
 
-ROLE_PACKAGES = ("samplers", "pruners", "schedules", "metrics")
+ROLE_PACKAGES = ("samplers", "pruners", "schedules", "metrics", "optim")
 
 
 @pytest.mark.parametrize("package", ROLE_PACKAGES + ("tasks",))

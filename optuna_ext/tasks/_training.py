@@ -15,6 +15,10 @@ from torch import nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from optuna_ext.optim._hypergradient import _ADAM_HD_DEFAULT_HYPERGRAD_LR
+from optuna_ext.optim._hypergradient import _SGD_HD_DEFAULT_HYPERGRAD_LR
+from optuna_ext.optim._hypergradient import AdamHD
+from optuna_ext.optim._hypergradient import SGDHD
 from optuna_ext.tasks._data import make_loader
 
 
@@ -25,8 +29,10 @@ if TYPE_CHECKING:
     from optuna_ext.tasks._data import DatasetSplit
 
 
-OPTIMIZER_NAMES = ("sgd", "adam", "adagrad", "rmsprop")
+OPTIMIZER_NAMES = ("sgd", "adam", "adagrad", "rmsprop", "sgd_hd", "adam_hd")
 """The names accepted by :func:`make_optimizer` and :func:`fit`."""
+
+_HYPERGRADIENT_NAMES = ("sgd_hd", "adam_hd")
 
 
 def make_optimizer(
@@ -36,12 +42,19 @@ def make_optimizer(
     lr: float,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    hypergrad_lr: float | None = None,
 ) -> torch.optim.Optimizer:
     """Build one of the optimizers of :data:`OPTIMIZER_NAMES`.
 
     ``"sgd"`` is SGD with (heavy-ball) ``momentum``, ``"rmsprop"`` is RMSProp with
     ``momentum``, and ``"adam"`` and ``"adagrad"`` ignore ``momentum``. All use PyTorch's
     defaults for their other settings and apply ``weight_decay`` as an L2 penalty.
+
+    ``"sgd_hd"`` and ``"adam_hd"`` are the same SGD (heavy-ball ``momentum``) and Adam with
+    hypergradient descent on the rate, :class:`~optuna_ext.optim.SGDHD` and
+    :class:`~optuna_ext.optim.AdamHD` with their defaults (the paper's rule, no lower clamp):
+    ``lr`` is the initial rate, and ``hypergrad_lr`` the hypergradient rate (:obj:`None` for
+    the optimizer's default, ``1e-3`` for SGD-HD, ``1e-7`` for Adam-HD).
 
     Example:
 
@@ -64,6 +77,10 @@ def make_optimizer(
             The momentum of SGD and RMSProp, in ``[0, 1)``.
         weight_decay:
             The L2 penalty, finite and ``>= 0``.
+        hypergrad_lr:
+            The hypergradient learning rate of ``"sgd_hd"`` and ``"adam_hd"``, finite and
+            ``>= 0``, or :obj:`None` for their default; must be :obj:`None` for the other
+            names.
     """
     if name not in OPTIMIZER_NAMES:
         raise ValueError(f"The value of `name` is {name!r}, but must be one of {OPTIMIZER_NAMES}.")
@@ -77,6 +94,26 @@ def make_optimizer(
         raise ValueError(
             f"The value of `weight_decay` is {weight_decay}, but must be finite and "
             "`weight_decay >= 0`."
+        )
+    if hypergrad_lr is not None and name not in _HYPERGRADIENT_NAMES:
+        raise ValueError(
+            f"The value of `hypergrad_lr` is {hypergrad_lr}, but must be None for `name` "
+            f"{name!r} (only {_HYPERGRADIENT_NAMES} use it)."
+        )
+    if name == "sgd_hd":
+        return SGDHD(
+            params,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            hypergrad_lr=_SGD_HD_DEFAULT_HYPERGRAD_LR if hypergrad_lr is None else hypergrad_lr,
+        )
+    if name == "adam_hd":
+        return AdamHD(
+            params,
+            lr=lr,
+            weight_decay=weight_decay,
+            hypergrad_lr=_ADAM_HD_DEFAULT_HYPERGRAD_LR if hypergrad_lr is None else hypergrad_lr,
         )
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -321,6 +358,7 @@ def fit(
     lr: float = 0.05,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    hypergrad_lr: float | None = None,
     batch_size: int = 64,
     epochs: int = 10,
     schedule: Callable[[torch.optim.Optimizer, int], LRScheduler] | None = None,
@@ -381,6 +419,10 @@ def fit(
             The momentum of SGD and RMSProp.
         weight_decay:
             The L2 penalty.
+        hypergrad_lr:
+            The hypergradient learning rate of ``"sgd_hd"`` and ``"adam_hd"`` (:obj:`None`
+            for their default); their rate then changes at every step, and
+            :attr:`FitResult.lrs` shows it at the start of each epoch.
         batch_size:
             The training batch size.
         epochs:
@@ -405,7 +447,12 @@ def fit(
     device = torch.device(device)
     model.to(device)
     opt = make_optimizer(
-        optimizer, model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        optimizer,
+        model.parameters(),
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        hypergrad_lr=hypergrad_lr,
     )
     loader = make_loader(data.train, batch_size=batch_size, shuffle=True, seed=seed)
     scheduler = schedule(opt, len(loader)) if schedule is not None else None

@@ -10,6 +10,8 @@ from torch import nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
+from optuna_ext.optim import AdamHD
+from optuna_ext.optim import SGDHD
 from optuna_ext.tasks import build_model
 from optuna_ext.tasks import DatasetSplit
 from optuna_ext.tasks import evaluate
@@ -43,6 +45,20 @@ def _cnn(data: DatasetSplit, seed: int = 0) -> SmallCNN:
 # make_optimizer
 
 
+def test_make_optimizer_hypergradient_kinds() -> None:
+    params = list(nn.Linear(2, 2).parameters())
+    sgd_hd = make_optimizer("sgd_hd", params, lr=0.1, momentum=0.5, weight_decay=1e-4)
+    assert isinstance(sgd_hd, SGDHD)
+    group = sgd_hd.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.5, 1e-4)
+    assert group["hypergrad_lr"] == 1e-3  # SGDHD's default (the paper's)
+    assert make_optimizer("sgd_hd", params, lr=0.1, hypergrad_lr=0.0).defaults["hypergrad_lr"] == 0
+    adam_hd = make_optimizer("adam_hd", params, lr=1e-3, momentum=0.5, hypergrad_lr=1e-6)
+    assert isinstance(adam_hd, AdamHD)
+    assert adam_hd.param_groups[0]["hypergrad_lr"] == 1e-6
+    assert make_optimizer("adam_hd", params, lr=1e-3).defaults["hypergrad_lr"] == 1e-7
+
+
 def test_make_optimizer_kinds() -> None:
     params = list(nn.Linear(2, 2).parameters())
     sgd = make_optimizer("sgd", params, lr=0.1, momentum=0.5, weight_decay=1e-4)
@@ -70,6 +86,9 @@ def test_make_optimizer_kinds() -> None:
         ("rmsprop", {"lr": 0.1, "momentum": math.nan}, "momentum"),
         ("adam", {"lr": 0.1, "weight_decay": -1e-4}, "weight_decay"),
         ("adam", {"lr": 0.1, "weight_decay": math.inf}, "weight_decay"),
+        ("sgd", {"lr": 0.1, "hypergrad_lr": 1e-3}, "hypergrad_lr"),
+        ("sgd_hd", {"lr": 0.1, "hypergrad_lr": -1e-3}, "hypergrad_lr"),
+        ("adam_hd", {"lr": 0.0}, "lr"),
     ],
 )
 def test_make_optimizer_bad_arguments(name: str, kwargs: dict, match: str) -> None:
@@ -272,8 +291,21 @@ def test_every_optimizer_trains(digits: DatasetSplit, optimizer: str, lr: float)
     assert result.valid_accuracy[2] > 0.5
 
 
+def test_fit_with_hypergradient_descent_adapts_the_rate(digits: DatasetSplit) -> None:
+    adapted = fit(_cnn(digits), digits, optimizer="sgd_hd", lr=0.01, epochs=3)
+    assert adapted.lrs[0] == 0.01
+    assert adapted.lrs[2] > adapted.lrs[1] > 0.01  # the rate at the start of each epoch
+    assert adapted.train_loss[2] < adapted.train_loss[0]
+    # With hypergrad_lr=0 it is "sgd" exactly.
+    frozen = fit(_cnn(digits), digits, optimizer="sgd_hd", lr=0.01, epochs=2, hypergrad_lr=0.0)
+    plain = fit(_cnn(digits), digits, optimizer="sgd", lr=0.01, epochs=2)
+    assert frozen.lrs == plain.lrs == [0.01, 0.01]
+    assert frozen.train_loss == plain.train_loss
+    assert frozen.valid_loss == plain.valid_loss
+
+
 def test_optimizer_names_are_covered() -> None:
-    assert set(OPTIMIZER_NAMES) == {"sgd", "adam", "adagrad", "rmsprop"}
+    assert set(OPTIMIZER_NAMES) == {"sgd", "adam", "adagrad", "rmsprop", "sgd_hd", "adam_hd"}
 
 
 def test_fit_divergence_is_reported_not_raised(teacher_2d: DatasetSplit) -> None:

@@ -1,0 +1,381 @@
+"""Smith's learning-rate range test ("Cyclical Learning Rates for Training Neural Networks", 2017).
+
+Train for a few hundred steps while the rate grows exponentially from ``min_lr`` to ``max_lr``,
+record the loss after every step, smooth it, and read a good initial rate off the curve: where
+the loss falls fastest (the fastai "LR finder" rule), or a tenth of the rate at its minimum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+if TYPE_CHECKING:
+    from optuna_ext.tasks._data import DatasetSplit
+
+
+RULES = ("steepest", "min_div_10")
+"""The rules of the suggested rate (see :meth:`LRRangeTestResult.suggest`)."""
+
+_HYPERGRADIENT_NAMES = ("sgd_hd", "adam_hd")
+
+
+def _suggest(lrs: Sequence[float], smoothed: Sequence[float], rule: str) -> float:
+    if rule not in RULES:
+        raise ValueError(f"The value of `rule` is {rule!r}, but must be one of {RULES}.")
+    n = 0
+    while n < len(smoothed) and math.isfinite(smoothed[n]):
+        n += 1  # the finite prefix: a non-finite loss ends the test
+    if n == 0:
+        return float(lrs[0])
+    values = np.asarray(smoothed[:n], dtype=np.float64)
+    best = int(np.argmin(values))
+    if rule == "min_div_10":
+        return float(lrs[best]) / 10.0
+    if n < 2:
+        return float(lrs[0])
+    # The steepest descent of the smoothed loss against log(lr) (central differences over the
+    # whole finite curve), looked for up to its minimum: past the minimum the loss rises, and
+    # a dip there is noise, not a good rate.
+    log_lrs = np.log(np.asarray(lrs[:n], dtype=np.float64))
+    slopes = np.gradient(values, log_lrs)
+    return float(lrs[int(np.argmin(slopes[: best + 1]))])
+
+
+@dataclass(frozen=True)
+class LRRangeTestResult:
+    """What :func:`lr_range_test` measured.
+
+    Example:
+
+        .. testcode::
+
+            from optuna_ext.optim import LRRangeTestResult
+
+            result = LRRangeTestResult(
+                lrs=(0.001, 0.01, 0.1, 1.0),
+                losses=(1.0, 0.9, 0.3, 5.0),
+                smoothed_losses=(1.0, 0.9, 0.3, 5.0),
+                suggested_lr=0.01,
+                rule="steepest",
+                diverged=True,
+                num_steps=10,
+            )
+            print(result.suggest("min_div_10"), result.stopped_early)
+
+        .. testoutput::
+
+            0.01 True
+
+    Args:
+        lrs:
+            The rate of each step taken, increasing exponentially.
+        losses:
+            The training loss right after each step (measured on the next batch, before the
+            next step), so ``losses[i]`` is the loss reached with ``lrs[i]``.
+        smoothed_losses:
+            The exponentially smoothed, bias-corrected ``losses``.
+        suggested_lr:
+            The rate the ``rule`` reads off the smoothed curve.
+        rule:
+            The rule of ``suggested_lr``, one of :data:`RULES`.
+        diverged:
+            Whether the test stopped because the loss diverged (a non-finite loss, or a
+            smoothed loss above ``divergence_factor`` times the lowest so far).
+        num_steps:
+            The number of steps asked for; fewer were taken when the test stopped early.
+    """
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    smoothed_losses: tuple[float, ...]
+    suggested_lr: float
+    rule: str
+    diverged: bool
+    num_steps: int
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the test stopped before ``num_steps`` steps (the loss diverged)."""
+        return len(self.lrs) < self.num_steps
+
+    def suggest(self, rule: str = "steepest") -> float:
+        """Read a rate off the smoothed loss curve by ``rule``.
+
+        ``"steepest"``: the rate where the smoothed loss falls fastest, the most negative
+        (central-difference) derivative of the smoothed loss with respect to ``log(lr)``, looked
+        for from the first step up to the smoothed minimum. ``"min_div_10"``: a tenth of the
+        rate at the smoothed minimum (the rule of thumb of Smith and of fastai's first LR
+        finder). Non-finite losses at the end of a diverged test are left out. When the
+        smoothed loss never falls below its first value, ``"steepest"`` gives the smallest
+        rate tested.
+
+        Example:
+
+            .. testcode::
+
+                from optuna_ext.optim import LRRangeTestResult
+
+                result = LRRangeTestResult(
+                    lrs=(0.001, 0.01, 0.1, 1.0),
+                    losses=(1.0, 0.9, 0.3, 5.0),
+                    smoothed_losses=(1.0, 0.9, 0.3, 5.0),
+                    suggested_lr=0.01,
+                    rule="steepest",
+                    diverged=True,
+                    num_steps=4,
+                )
+                print(result.suggest("steepest"))
+
+            .. testoutput::
+
+                0.01
+
+        Args:
+            rule:
+                One of :data:`RULES`.
+        """
+        return _suggest(self.lrs, self.smoothed_losses, rule)
+
+
+def _check_positive_finite(name: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"The value of `{name}` is {value!r}, but must be a float.")
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"The value of `{name}` is {value}, but must be finite and `{name} > 0`.")
+    return float(value)
+
+
+def _cycle(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Go over ``batches`` again and again (one pass per epoch)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("The data yielded no batch.")
+
+
+def lr_range_test(
+    model: nn.Module,
+    data: DatasetSplit | TensorDataset | Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    optimizer: str = "sgd",
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    num_steps: int = 100,
+    smoothing: float = 0.98,
+    divergence_factor: float = 4.0,
+    rule: str = "steepest",
+    batch_size: int = 64,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> LRRangeTestResult:
+    """Run Smith's learning-rate range test on ``model`` and suggest an initial rate.
+
+    Trains ``model`` for up to ``num_steps`` mini-batch steps with the optimizer ``optimizer``
+    (built by :func:`optuna_ext.tasks.make_optimizer`, like :func:`optuna_ext.tasks.fit`
+    does) while the rate of step ``i`` grows exponentially,
+    ``lr_i = min_lr * (max_lr / min_lr) ** (i / (num_steps - 1))``. After every step it
+    records the training loss of the next batch (the loss ``lr_i`` led to) and its exponential
+    average with bias correction,
+    ``avg_i = smoothing * avg_{i-1} + (1 - smoothing) * loss_i`` and
+    ``smoothed_i = avg_i / (1 - smoothing ** (i + 1))``. It stops early, with
+    ``diverged=True``, when a loss is not finite or when the smoothed loss exceeds
+    ``divergence_factor`` times the lowest smoothed loss so far (the divergence test assumes a
+    positive loss, like the cross-entropy or the squared error). The suggested rate is read
+    off the smoothed curve by ``rule`` (see :meth:`LRRangeTestResult.suggest`):
+    ``"steepest"`` (default), where the smoothed loss falls fastest against ``log(lr)``, or
+    ``"min_div_10"``, a tenth of the rate at its minimum.
+
+    The model is trained in place and **restored afterwards** (also when an exception is
+    raised): its parameters and buffers (e.g. BatchNorm statistics) get their values from
+    before the test back, through ``load_state_dict``, so the parameter tensors keep their
+    identity; their ``.grad`` and the training mode are restored too. The global random state
+    is left untouched (torch's RNG is forked and seeded with ``seed``), and with the same
+    model, data and ``seed`` the result is the same on the CPU.
+
+    Example:
+
+        .. testcode::
+
+            from optuna_ext.optim import lr_range_test
+            from optuna_ext.tasks import build_model
+            from optuna_ext.tasks import fit
+            from optuna_ext.tasks import make_teacher_data
+
+            data = make_teacher_data(teacher="2-3-1", n_samples=500)
+            model = build_model("mlp-2-3-1", data=data)
+            result = lr_range_test(model, data, min_lr=1e-4, max_lr=100.0, num_steps=60)
+            assert 1e-4 <= result.suggested_lr <= 100.0
+            fit(model, data, lr=result.suggested_lr, epochs=2)  # the weights were restored
+
+    Args:
+        model:
+            The model; trained during the test, restored afterwards.
+        data:
+            A :class:`~optuna_ext.tasks.DatasetSplit` (its ``train`` part is used), a
+            :class:`~torch.utils.data.TensorDataset` (both batched by
+            :func:`~optuna_ext.tasks.make_loader` with ``batch_size``, shuffled with ``seed``),
+            or a re-iterable of ``(inputs, labels)`` batches (used as it is, pass after pass).
+        optimizer:
+            One of :data:`optuna_ext.tasks.OPTIMIZER_NAMES` except ``"sgd_hd"`` and
+            ``"adam_hd"`` (which change the rate themselves).
+        min_lr:
+            The rate of the first step, finite and ``> 0``.
+        max_lr:
+            The rate of the last step, finite and ``> min_lr``.
+        num_steps:
+            The number of steps (and rates) at most, ``>= 2``; 100 to 300 is usual.
+        smoothing:
+            The weight of the past in the exponential average of the loss, in ``[0, 1)``
+            (``0`` for no smoothing).
+        divergence_factor:
+            The test stops when the smoothed loss exceeds this factor times the lowest one,
+            ``> 1``; ``math.inf`` to run all ``num_steps``.
+        rule:
+            The rule of ``suggested_lr``, one of :data:`RULES`.
+        batch_size:
+            The batch size when ``data`` is a data set.
+        momentum:
+            The momentum of ``"sgd"`` and ``"rmsprop"`` (see
+            :func:`~optuna_ext.tasks.make_optimizer`).
+        weight_decay:
+            The L2 penalty of the optimizer.
+        loss_fn:
+            ``loss_fn(outputs, labels)``, a scalar to minimize; :obj:`None` for the loss of
+            :func:`optuna_ext.tasks.train_epoch` (cross-entropy, or binary cross-entropy for
+            one output).
+        seed:
+            The seed of the batch order and of any randomness in the model (e.g. dropout).
+        device:
+            The device the batches are moved to; :obj:`None` for the device of the model's
+            first parameter. The model itself is not moved.
+    """
+    from optuna_ext.tasks._data import DatasetSplit
+    from optuna_ext.tasks._data import make_loader
+    from optuna_ext.tasks._training import _loss
+    from optuna_ext.tasks._training import _seeded
+    from optuna_ext.tasks._training import make_optimizer
+    from optuna_ext.tasks._training import OPTIMIZER_NAMES
+
+    names = tuple(name for name in OPTIMIZER_NAMES if name not in _HYPERGRADIENT_NAMES)
+    if optimizer not in names:
+        raise ValueError(f"The value of `optimizer` is {optimizer!r}, but must be one of {names}.")
+    min_lr = _check_positive_finite("min_lr", min_lr)
+    max_lr = _check_positive_finite("max_lr", max_lr)
+    if max_lr <= min_lr:
+        raise ValueError(
+            f"The value of `max_lr` is {max_lr}, but must be `max_lr > min_lr` (`min_lr` is "
+            f"{min_lr})."
+        )
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+        raise ValueError(f"The value of `num_steps` is {num_steps!r}, but must be an int `>= 2`.")
+    if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
+        raise ValueError(
+            f"The value of `smoothing` is {smoothing!r}, but must be `0 <= smoothing < 1`."
+        )
+    if not (isinstance(divergence_factor, (int, float)) and divergence_factor > 1.0):
+        raise ValueError(
+            f"The value of `divergence_factor` is {divergence_factor!r}, but must be "
+            "`divergence_factor > 1`."
+        )
+    if rule not in RULES:
+        raise ValueError(f"The value of `rule` is {rule!r}, but must be one of {RULES}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"The value of `seed` is {seed!r}, but must be an int.")
+    params = list(model.parameters())
+    if not params:
+        raise ValueError("The model has no parameters.")
+    if device is None:
+        device = params[0].device
+    device = torch.device(device)
+
+    if isinstance(data, DatasetSplit):
+        data = data.train
+    if isinstance(data, TensorDataset):
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = make_loader(
+            data, batch_size=batch_size, shuffle=True, seed=seed
+        )
+    else:
+        batches = data
+    compute_loss = _loss if loss_fn is None else loss_fn
+    opt = make_optimizer(
+        optimizer, params, lr=min_lr, momentum=momentum, weight_decay=weight_decay
+    )
+
+    ratio = max_lr / min_lr
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    diverged = False
+    saved = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    saved_grads = [p.grad for p in params]
+    was_training = model.training
+    try:
+        model.train()
+        with _seeded(seed, device):
+            stream = _cycle(batches)
+
+            def batch_loss() -> torch.Tensor:
+                inputs, labels = next(stream)
+                inputs = inputs.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                return compute_loss(model(inputs), labels)
+
+            average = 0.0
+            best = math.inf
+            loss = batch_loss()
+            for i in range(num_steps):
+                lr = min_lr * ratio ** (i / (num_steps - 1))
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                opt.step()
+                loss = batch_loss()  # the loss this rate led to (and the next step's batch)
+                value = loss.item()
+                lrs.append(lr)
+                losses.append(value)
+                if not math.isfinite(value):
+                    smoothed.append(math.nan)
+                    diverged = True
+                    break
+                average = smoothing * average + (1.0 - smoothing) * value
+                current = average / (1.0 - smoothing ** (i + 1))
+                smoothed.append(current)
+                best = min(best, current)
+                if best > 0.0 and current > divergence_factor * best:
+                    diverged = True
+                    break
+    finally:
+        model.load_state_dict(saved)
+        for p, grad in zip(params, saved_grads, strict=True):
+            p.grad = grad
+        model.train(was_training)
+    return LRRangeTestResult(
+        lrs=tuple(lrs),
+        losses=tuple(losses),
+        smoothed_losses=tuple(smoothed),
+        suggested_lr=_suggest(lrs, smoothed, rule),
+        rule=rule,
+        diverged=diverged,
+        num_steps=num_steps,
+    )
