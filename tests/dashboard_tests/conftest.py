@@ -52,7 +52,7 @@ DEFAULT_CHROMIUM = "/usr/bin/chromium"
 BUDGET_ENV = "OPTUNA_EXT_DASHBOARD_BUDGET"
 DEMO_DIR_ENV = "OPTUNA_EXT_DASHBOARD_DEMO_DIR"
 WRITE_SCREENSHOTS_ENV = "OPTUNA_EXT_WRITE_SCREENSHOTS"
-VIEWPORT = {"width": 1280, "height": 800}
+VIEWPORT_WIDTH, VIEWPORT_HEIGHT = 1280, 800
 # Chromium on a machine without network: no background connections, no first-run work.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -242,7 +242,9 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def browser_context(browser: Browser) -> Iterator[BrowserContext]:
     """One context per module, so the dashboard's 6 MB script is fetched once."""
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    context = browser.new_context(
+        viewport={"width": VIEWPORT_WIDTH, "height": VIEWPORT_HEIGHT}, device_scale_factor=1
+    )
     context.set_default_timeout(30_000)
     try:
         yield context
