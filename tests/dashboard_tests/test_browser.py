@@ -99,12 +99,27 @@ def _goto(page: Page, dashboard: Dashboard, path: str) -> None:
     assert response is not None and response.status == 200, path
 
 
-def _plot(page: Page, selector: str) -> dict[str, Any]:
-    """The texts, legend and colorbar boxes of the rendered plotly plot at ``selector``."""
+_HAS_TEXTS_JS = """([selector, exact, prefixes]) => {
+    const texts = Array.from(document.querySelectorAll(selector + ' svg text'))
+        .map((e) => e.textContent.trim());
+    return exact.every((s) => texts.includes(s))
+        && prefixes.every((p) => texts.some((t) => t.startsWith(p)));
+}"""
+
+
+def _plot(
+    page: Page, selector: str, exact: tuple[str, ...] = (), prefixes: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The texts, legend and colorbar boxes of the plotly plot at ``selector``, once it shows
+    every text of ``exact`` and a text starting with each of ``prefixes`` (plotly draws the
+    axes first and the data when the study has been fetched)."""
     page.wait_for_selector(f"{selector} svg.main-svg")
-    page.wait_for_function(
-        "(s) => document.querySelectorAll(s + ' svg text').length > 0", arg=selector
-    )
+    try:
+        page.wait_for_function(_HAS_TEXTS_JS, arg=[selector, list(exact), list(prefixes)])
+    except Exception as e:  # a timeout: report what the plot does show
+        texts = page.evaluate(_PLOT_JS, selector)
+        shown = [t["text"] for t in texts["texts"]] if texts else None
+        raise AssertionError(f"{selector}: expected {exact} and {prefixes}, shows {shown}") from e
     plot = page.evaluate(_PLOT_JS, selector)
     assert plot is not None, selector
     return dict(plot)
@@ -136,9 +151,12 @@ def _visible_texts(plot: dict[str, Any]) -> list[str]:
     return [t["text"] for t in plot["texts"] if _inside(t["box"], plot["box"])]
 
 
-def _shoot(page: Page, selector: str, path: Path) -> None:
-    """Scroll ``selector`` to the middle of the 1280x800 viewport and save a screenshot."""
-    page.locator(selector).first.evaluate("(e) => e.scrollIntoView({block: 'center'})")
+def _shoot(page: Page, selector: str, path: Path, block: str = "center") -> None:
+    """Scroll ``selector`` to the middle (or the top, below the app bar) of the 1280x800
+    viewport and save a screenshot."""
+    page.locator(selector).first.evaluate(
+        "(e, block) => { e.style.scrollMarginTop = '80px'; e.scrollIntoView({block}); }", block
+    )
     page.wait_for_timeout(300)
     page.screenshot(path=str(path))
 
@@ -181,7 +199,7 @@ def test_trials_table_lists_trials_with_their_parameters(
         trial = by_number[int(row[number_col])]
         if "lr" in trial.params:
             assert float(row[lr_col]) == trial.params["lr"], (trial.number, row)
-    _shoot(page, "table", screenshot_dir / f"{method}-trials-table.png")
+    _shoot(page, "table", screenshot_dir / f"{method}-trials-table.png", block="start")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -195,13 +213,13 @@ def test_study_page_shows_intermediate_values_and_saved_figures(
     study = demo_storage.load(method)
     trials = study.get_trials(deepcopy=False)
     _goto(page, dashboard, f"/studies/{demo_storage.study_id(method)}")
-    history = _plot(page, "#plot-history")
+    history = _plot(page, "#plot-history", exact=("Trial",))
     assert "Trial" in _visible_texts(history)
 
     figures = FIGURES.get(method, [])
     for figure in figures:
         selector = f'[id="user-defined-plot:{figure.plot_id}"]'
-        plot = _plot(page, selector)
+        plot = _plot(page, selector, exact=figure.labels, prefixes=(figure.title,))
         texts = _visible_texts(plot)
         titles = [t for t in texts if t.startswith(figure.title)]
         assert titles, (figure.plot_id, texts)
@@ -211,12 +229,14 @@ def test_study_page_shows_intermediate_values_and_saved_figures(
         if plot["legend"] is not None:
             for colorbar in plot["colorbars"]:
                 assert not _overlap(plot["legend"], colorbar), (figure.plot_id, "legend")
-        _shoot(page, selector, screenshot_dir / f"{method}-figure-{figure.plot_id}.png")
     shown = page.evaluate(
         "() => Array.from(document.querySelectorAll('[id^=\"user-defined-plot:\"]'))"
         ".map((e) => e.id)"
     )
     assert sorted(shown) == sorted(f"user-defined-plot:{f.plot_id}" for f in figures)
+    if figures:  # PBT's two figures stand side by side: one screenshot shows both
+        first = f'[id="user-defined-plot:{figures[0].plot_id}"]'
+        _shoot(page, first, screenshot_dir / f"{method}-figures.png")
 
     if method == "autohyper":
         # One marker per evaluated learning rate (the search's completed trials).
@@ -226,7 +246,7 @@ def test_study_page_shows_intermediate_values_and_saved_figures(
 
     reported = [t for t in trials if t.intermediate_values]
     if reported:
-        plot = _plot(page, "#graph-intermediate-values")
+        plot = _plot(page, "#graph-intermediate-values", exact=("Step", "Objective Value"))
         texts = _visible_texts(plot)
         assert "Step" in texts and "Objective Value" in texts, texts
         legend = {t["text"].strip() for t in plot["texts"] if t["cls"] == "legendtext"}
@@ -298,7 +318,5 @@ def test_checkpoint_is_listed_and_downloadable_on_its_trial(
         assert body == (demo_storage.artifact_dir / meta["artifact_id"]).read_bytes()
         state = torch.load(io.BytesIO(body), weights_only=True)
         assert isinstance(state, dict) and "model" in state and "optimizer" in state
-    heading = page.get_by_role("heading", name="Artifacts", exact=True)
-    heading.evaluate("(e) => e.scrollIntoView({block: 'start'})")
-    page.wait_for_timeout(300)
-    page.screenshot(path=str(screenshot_dir / f"{method}-trial-artifacts.png"))
+    shot = screenshot_dir / f"{method}-trial-artifacts.png"
+    _shoot(page, "h5:text-is('Artifacts')", shot, block="start")
