@@ -32,7 +32,13 @@ SCHEDULE_PLOT_ID = "pbt-schedule"
 DASHBOARD_PLOT_HEIGHT = 450
 """The height in pixels of the box optuna-dashboard (0.21) draws a saved figure in; a taller
 figure is cut off there."""
-LEGEND_ABOVE_PLOT = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0}
+_LEGEND_ABOVE_PLOT = {
+    "orientation": "h",
+    "yanchor": "bottom",
+    "y": 1.02,
+    "xanchor": "left",
+    "x": 0,
+}
 """A legend in one row between the title and the plot, clear of a colorbar on the right."""
 
 
@@ -275,7 +281,7 @@ def plot_lineage(study: optuna.Study) -> go.Figure:
         xaxis_title="generation",
         yaxis_title="member",
         yaxis={"dtick": 1},
-        legend=LEGEND_ABOVE_PLOT,
+        legend=_LEGEND_ABOVE_PLOT,
         template="plotly_white",
     )
     return fig
