@@ -739,6 +739,8 @@ class AutoHyperSampler(BaseSampler):
             xaxis=dict(type="log", title=self._param_name),
             yaxis=dict(title="Z", range=[-0.02, 1.02]),
             showlegend=True,
+            # One row above the plot: on the right it would cover the colorbar.
+            legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
         )
         try:
             save_plotly_graph_object(study, fig, graph_object_id=PLOT_ID)

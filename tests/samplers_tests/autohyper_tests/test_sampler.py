@@ -451,6 +451,15 @@ def test_plot_is_saved_after_each_trial_and_marks_the_chosen_rate() -> None:
     assert ids == {sampler_module.PLOT_ID}
 
 
+def test_plot_legend_is_one_row_above_the_plot_clear_of_the_colorbar() -> None:
+    study = optuna.create_study(sampler=AutoHyperSampler(), direction="maximize")
+    study.optimize(make_objective(), n_trials=500)
+    figure = _saved_figure(study)
+    assert figure["data"][0]["marker"]["showscale"] is True  # the colorbar, on the right
+    legend = figure["layout"]["legend"]
+    assert legend["orientation"] == "h" and legend["y"] > 1 and legend["yanchor"] == "bottom"
+
+
 def test_save_plot_false() -> None:
     study = optuna.create_study(sampler=AutoHyperSampler(save_plot=False))
     study.optimize(make_objective(), n_trials=2)
