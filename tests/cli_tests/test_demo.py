@@ -94,6 +94,7 @@ def test_demo_on_postgres(postgres_url: str, tmp_path, capsys: pytest.CaptureFix
     _check_demo_storage(postgres_url, str(tmp_path / "artifacts"), capsys)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tpe", "morl"])
 def test_a_resumed_demo_does_not_redraw_the_first_runs_configurations(
     method: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
