@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from optuna_ext.metrics._keys import KNOWLEDGE_GAIN_Z_KEY
 from optuna_ext.samplers._autohyper._search import Attempt
 from optuna_ext.samplers._autohyper._search import AutoHyperSearch
+from optuna_ext.samplers._autohyper._search import Evaluation
 from optuna_ext.samplers._autohyper._search import GridPoint
 from optuna_ext.samplers._autohyper._search import MAX_TRIALS
 from optuna_ext.samplers._autohyper._search import point_outcome
@@ -90,6 +91,11 @@ class AutoHyperResult:
         bounds_reached:
             Which bounds of the parameter's distribution the grid reached (``"lower"``,
             ``"upper"``), in order.
+        evaluations:
+            Every measurement the search used, in order: ``Z`` (``z``) at the rate ``lr`` of
+            point ``index`` of grid ``pass_id`` (the response curve ``Z(lr)`` of the paper's
+            Figure 1, one grid per pass). Failed and skipped points are not in it, nor are
+            speculative measurements of a grid the search never reached.
     """
 
     lr: float | None
@@ -98,6 +104,7 @@ class AutoHyperResult:
     message: str
     n_trials: int
     bounds_reached: tuple[str, ...] = ()
+    evaluations: tuple[Evaluation, ...] = ()
 
 
 def _now() -> datetime.datetime:
@@ -205,6 +212,7 @@ def _to_result(state: SearchState) -> AutoHyperResult:
         message=_REASON_MESSAGES.get(state.reason, state.reason),
         n_trials=state.n_trials,
         bounds_reached=state.bounds_reached,
+        evaluations=state.evaluations,
     )
 
 

@@ -111,6 +111,9 @@ def test_converges_at_the_knee_and_stops_the_study() -> None:
     expected = simulate(AutoHyperSearch(lower_bound=1e-6, upper_bound=1.0), knee_z)
     assert lr_sequence(study) == [e.lr for e in expected.evaluations]
     assert result.lr == expected.lr
+    # The measurements behind the answer, with their grid passes (the Z(lr) curve).
+    assert result.evaluations == expected.evaluations
+    assert len({e.pass_id for e in result.evaluations}) > 1  # it zoomed at least once
     # Small attrs: a few scalars on the study, one small dict per trial.
     assert len(json.dumps(study.user_attrs)) < 300
     assert all(len(json.dumps(t.system_attrs[_POINT_KEY])) < 100 for t in study.trials)
@@ -144,8 +147,18 @@ def test_best_lr_is_none_before_convergence_with_a_reason() -> None:
     study.optimize(make_objective(), n_trials=5)
     result = AutoHyperSampler.result(study)
     assert result == AutoHyperResult(
-        None, False, "running", result.message, n_trials=5, bounds_reached=()
+        None,
+        False,
+        "running",
+        result.message,
+        n_trials=5,
+        bounds_reached=(),
+        evaluations=result.evaluations,
     )
+    assert [e.lr for e in result.evaluations] == [t.params["lr"] for t in study.trials]
+    assert [e.z for e in result.evaluations] == [
+        t.user_attrs[KNOWLEDGE_GAIN_Z_KEY] for t in study.trials
+    ]
     assert "not converged" in result.message
     assert AutoHyperSampler.best_lr(study) is None
     assert "autohyper:best_lr" not in study.user_attrs
