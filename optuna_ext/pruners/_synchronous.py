@@ -523,8 +523,8 @@ class SynchronousMORL:
     def _new_trial(self, study: optuna.Study) -> optuna.trial.Trial:
         """Ask for a configuration's trial, or adopt the one a killed run had just asked for.
 
-        A run killed between ``study.ask()`` and writing the trial's bracket leaves the study's
-        newest trial RUNNING, unlabelled and without parameters; it is taken over, so that the
+        A run killed between ``study.ask()`` and writing the trial's configuration index leaves
+        the study's newest trial RUNNING, unlabelled and without parameters; it is taken over, so that the
         trial numbers (and what a sampler seeded by them draws) stay those of an
         uninterrupted run, and no trial is left RUNNING for ever.
         """
@@ -533,8 +533,7 @@ class SynchronousMORL:
             newest = trials[-1]
             if (
                 newest.state == TrialState.RUNNING
-                and BRACKET_KEY not in newest.system_attrs
-                and CONFIG_KEY not in newest.system_attrs
+                and CONFIG_KEY not in newest.system_attrs  # written after BRACKET_KEY
                 and not newest.params
                 and not newest.intermediate_values
             ):
