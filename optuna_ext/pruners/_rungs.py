@@ -106,11 +106,12 @@ def completed_rung_key(prefix: str, rung: int) -> str:
 
 
 def recorded_by_key(prefix: str) -> str:
-    """Return the trial system attr key holding the number of the trial that wrote its rungs.
+    """Return the trial system attr key of a retry's own rung records.
 
     Optuna's ``RetryHeartbeatStaleTrialCallback`` re-enqueues a killed trial as a copy that
-    inherits all its system attrs, rung records included; this key tells the copy that those
-    records are not its own.
+    inherits all its system attrs, rung records included. A copy keeps here
+    ``[its number, the number of rungs it has recorded itself]``, so that it tells its own
+    records from the inherited ones (ordinary trials do not write it).
     """
     return f"{prefix}:rungs_recorded_by"
 
@@ -131,13 +132,14 @@ def retried_trial_numbers(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int
     }
 
 
-def _owns_its_records(trial: optuna.trial.FrozenTrial, prefix: str) -> bool:
+def _own_rungs(trial: optuna.trial.FrozenTrial, prefix: str) -> int | None:
+    """How many rungs a retry copy has recorded itself; :obj:`None` for an ordinary trial."""
+    if _RETRIED_FROM_KEY not in trial.system_attrs:
+        return None
     owner = trial.system_attrs.get(recorded_by_key(prefix))
-    if owner is None:
-        # No owner recorded: records written before the key existed, unless the trial is a
-        # retry copy (then whatever it holds was inherited).
-        return _RETRIED_FROM_KEY not in trial.system_attrs
-    return owner == trial.number
+    if isinstance(owner, list) and len(owner) == 2 and owner[0] == trial.number:
+        return int(owner[1])
+    return 0  # everything it holds was inherited (from the original, or an earlier copy)
 
 
 def get_current_rung(trial: optuna.trial.FrozenTrial, prefix: str) -> int:
@@ -196,10 +198,10 @@ def prune_at_rung_ends(
     rung and its value is promotable (:func:`is_promotable`) among them.
 
     Retries of killed trials (Optuna's ``RetryHeartbeatStaleTrialCallback``): the copy inherits
-    the original's system attrs, so its rung records are not its own (the trial that wrote a
-    trial's records is kept in ``"{prefix}:rungs_recorded_by"``); the copy is judged again from
-    the first rung, as the original was (the original may have been killed between recording a
-    rung and being pruned there). The records of a trial that a copy retries do not compete:
+    the original's system attrs, so its rung records are not its own (it counts those it wrote
+    itself in ``"{prefix}:rungs_recorded_by"``); the copy is judged again at every rung end,
+    as the original was (the original may have been killed between recording a rung and being
+    pruned there). The records of a trial that a copy retries do not compete:
     the copy's stand for them, so the trial is counted once.
 
     Args:
@@ -222,8 +224,8 @@ def prune_at_rung_ends(
     step = trial.last_step
     if step is None:
         return False
-    owned = _owns_its_records(trial, prefix)
-    rung = get_current_rung(trial, prefix) if owned else 0
+    own = _own_rungs(trial, prefix)
+    rung = get_current_rung(trial, prefix) if own is None else own
     trials: list[optuna.trial.FrozenTrial] | None = None
     retried: set[int] = set()
     while rung < len(boundaries):
@@ -237,12 +239,12 @@ def prune_at_rung_ends(
         if trials is None:
             trials = study.get_trials(deepcopy=False)
             retried = retried_trial_numbers(trials)
-        if not owned:
-            study._storage.set_trial_system_attr(
-                trial._trial_id, recorded_by_key(prefix), trial.number
-            )
-            owned = True
         study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        if own is not None:
+            own = rung + 1
+            study._storage.set_trial_system_attr(
+                trial._trial_id, recorded_by_key(prefix), [trial.number, own]
+            )
         if rung == len(boundaries) - 1:
             return False
         competing = [

@@ -524,8 +524,8 @@ class SynchronousMORL:
         """Ask for a configuration's trial, or adopt the one a killed run had just asked for.
 
         A run killed between ``study.ask()`` and writing the trial's configuration index leaves
-        the study's newest trial RUNNING, unlabelled and without parameters; it is taken over, so that the
-        trial numbers (and what a sampler seeded by them draws) stay those of an
+        the study's newest trial RUNNING, unlabelled and without parameters; it is taken over,
+        so that the trial numbers (and what a sampler seeded by them draws) stay those of an
         uninterrupted run, and no trial is left RUNNING for ever.
         """
         trials = study.get_trials(deepcopy=False)

@@ -704,7 +704,19 @@ def test_retry_of_a_trial_killed_as_it_was_pruned_is_pruned_at_the_same_rung() -
     assert _decisions(resumed) == _decisions(reference)
     retry = resumed.trials[4]
     assert retry.system_attrs["failed_trial"] == 3
-    assert retry.system_attrs["MORLPruner:rungs_recorded_by"] == retry.number
+    assert retry.system_attrs["MORLPruner:rungs_recorded_by"] == [retry.number, 1]
+
+
+def test_retry_of_a_trial_killed_as_it_was_pruned_at_a_later_rung_is_pruned_there() -> None:
+    # Trial 6 is promoted at rung end 1 (top 2 of 7), pruned at rung end 3 (behind 0.9) and
+    # killed before it raised: its copy inherited both records, records rung 1 again, and must
+    # not skip rung 3.
+    values = [0.9, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.8]
+    reference = _run_values(values, kill=None, steps_before_kill=0)
+    resumed = _run_values(values, kill=6, steps_before_kill=3)
+    assert _decisions(reference)[6] == (0.5, "PRUNED", 3)
+    assert _decisions(resumed) == _decisions(reference)
+    assert resumed.trials[7].system_attrs["MORLPruner:rungs_recorded_by"] == [7, 2]
 
 
 def test_retried_trial_competes_once_at_its_rungs() -> None:

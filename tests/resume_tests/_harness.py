@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+import random
 import signal
 import subprocess
 import sys
@@ -54,6 +55,16 @@ becomes stale 2-3 s after its process died."""
 MAX_RETRY = 3
 
 _POLL = 0.02
+
+KILL_SEED_ENV = "OPTUNA_EXT_RESUME_KILL_SEED"
+"""Environment variable: a seed added to every test's kill points (default none), to try other
+points than CI does, e.g. ``for s in 1 2 3; do OPTUNA_EXT_RESUME_KILL_SEED=$s pytest ...``."""
+
+
+def kill_rng(method: str, storage: str) -> random.Random:
+    """The random source of a test's kill points: seeded by the method and the storage."""
+    extra = os.environ.get(KILL_SEED_ENV, "")
+    return random.Random(f"{method}-{storage}" + (f"-{extra}" if extra else ""))
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

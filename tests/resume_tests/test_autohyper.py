@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-import random
 import tempfile
 from typing import Any
 
@@ -42,7 +41,7 @@ def reference() -> optuna.Study:
 
 def plans(name: str) -> list[_harness.Plan]:
     n = len(reference().trials)
-    rng = random.Random(f"autohyper-{name}")
+    rng = _harness.kill_rng("autohyper", name)
     inside, between = sorted(rng.sample(range(2, n - 8), 2))
     return [
         _harness.Hook(f"objective:{inside}"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-import random
 import tempfile
 from typing import Any
 
@@ -41,7 +40,7 @@ def reference() -> tuple[optuna.Study, dict[str, torch.Tensor]]:
 
 
 def plans(name: str) -> list[_harness.Plan]:
-    rng = random.Random(f"hyperdyn-{name}")
+    rng = _harness.kill_rng("hyperdyn", name)
     epochs = _workers.HYPERDYN_EPOCHS
     train_epoch = rng.randrange(0, 3)
     train_slot = rng.randrange(3 if train_epoch == 0 else 2)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-import random
 import tempfile
 from typing import Any
 
@@ -38,7 +37,7 @@ def reference() -> optuna.Study:
 
 def plans(name: str) -> list[_harness.Plan]:
     trials = reference().trials
-    rng = random.Random(f"morl-{name}")
+    rng = _harness.kill_rng("morl", name)
     n = len(trials)
     # A trial that went on after a rung end (killed after a later epoch, before the next
     # report), then a later trial that was pruned.

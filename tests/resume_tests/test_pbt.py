@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-import random
 import tempfile
 from typing import Any
 
@@ -43,7 +42,7 @@ def _slot(trial: FrozenTrial) -> tuple[int, int]:
 
 
 def plans(name: str) -> list[_harness.Plan]:
-    rng = random.Random(f"pbt-{name}")
+    rng = _harness.kill_rng("pbt", name)
     n = _workers.PBT_POPULATION
     slots = [(g, m) for g in range(_workers.PBT_GENERATIONS) for m in range(n)]
     inside, after = sorted(rng.sample(range(1, len(slots) - 6), 2))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-import random
 import tempfile
 from typing import Any
 
@@ -56,7 +55,7 @@ def training_calls(study: optuna.Study) -> list[tuple[int, int, int]]:
 
 def plans(name: str) -> list[_harness.Plan]:
     calls = training_calls(reference())
-    rng = random.Random(f"synchronous_morl-{name}")
+    rng = _harness.kill_rng("synchronous_morl", name)
     # One kill in round 0 of the first bracket, one in a later round, in order.
     first = rng.randrange(1, 8)
     second = rng.randrange(10, len(calls) - 8)
