@@ -56,9 +56,10 @@ def training_calls(study: optuna.Study) -> list[tuple[int, int, int]]:
 def plans(name: str) -> list[_harness.Plan]:
     calls = training_calls(reference())
     rng = _harness.kill_rng("synchronous_morl", name)
-    # One kill in round 0 of the first bracket, one in a later round, in order.
+    # One kill in round 0 of the first bracket, one in a later round (the trials promoted to
+    # it wait RUNNING, suspended), in order.
     first = rng.randrange(1, 8)
-    second = rng.randrange(10, len(calls) - 8)
+    second = rng.choice([i for i, call in enumerate(calls[:-2]) if call[1] >= 1])
     # A trial is told at the end of the last round it trained in: count those told before the
     # second kill, so that the outside kill comes after it.
     round_end = {(b, k): i for i, (b, k, _) in enumerate(calls)}
