@@ -217,11 +217,13 @@ class HyperdynTuner:
     **Resuming.** After each epoch the kept model and optimizer state is saved in
     ``artifact_store`` as an artifact of the kept trial, and the epoch's record (the kept
     hyper-parameters and metric, the artifact id, the draw ``u``) is written to the study's
-    system attrs, last (the commit). A new tuner on the same study (same storage, same
-    settings, a :class:`~optuna_ext.samplers.HyperdynSampler` with the same seed) continues
-    after the last committed epoch: it loads the checkpoint into ``model`` and
-    ``optimizer``, marks the trials of an unfinished epoch FAIL, and carries on with the
-    same hyper-parameters. The draw ``u`` of epoch ``t``, the random candidates and the
+    system attrs (the commit); then the candidates' trials are told. A new tuner on the same
+    study (same storage, same settings, a :class:`~optuna_ext.samplers.HyperdynSampler` with
+    the same seed) continues after the last committed epoch: it loads the checkpoint into
+    ``model`` and ``optimizer``, tells the candidates of a committed epoch that a killed
+    process left RUNNING as the record says, marks the trials of an unfinished epoch FAIL
+    (each trial carries its epoch from its creation, so none is missed), and carries on with
+    the same hyper-parameters. The draw ``u`` of epoch ``t``, the random candidates and the
     torch seed of each candidate's training are derived from ``(seed, t)``, so a resumed run
     ends identical to an uninterrupted one (on the CPU with a fixed number of threads, and
     given a ``train_epoch`` whose data order depends only on the epoch it is passed). Use one
@@ -490,10 +492,31 @@ class HyperdynTuner:
                 "was marked FAIL."
             )
 
+    def _tell_committed(self, records: list[dict[str, Any]]) -> None:
+        """Tell the candidates of committed epochs that a killed process left RUNNING."""
+        running = {
+            t.number: t
+            for t in self._study._get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,), use_cache=False
+            )
+        }
+        if not running:
+            return
+        for record in records:
+            for outcome in record.get("outcomes", ()):
+                frozen = running.get(int(outcome["number"]))
+                if frozen is not None:
+                    self._tell(frozen._trial_id, outcome)
+                    _logger.info(
+                        f"Hyperdyn: trial {frozen.number} of the finished epoch "
+                        f"{record['epoch']} was told as recorded."
+                    )
+
     def _restore(self) -> _State:
         self._check_config()
         records = self._records()
         last = len(records) - 1
+        self._tell_committed(records)
         self._discard_unfinished(last)
         attrs = self._system_attrs()
         if not records:
@@ -552,13 +575,11 @@ class HyperdynTuner:
 
     def _ask(self, t: int, role: str, fixed: Mapping[str, float] | None = None) -> _Candidate:
         attrs = {USER_ATTR_EPOCH: t, USER_ATTR_ROLE: role}
-        if fixed is not None:
-            self._study.enqueue_trial({self._time_param: float(t), **fixed}, user_attrs=attrs)
-            trial = self._study.ask()
-        else:
-            trial = self._study.ask()
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
+        # Enqueued, so that the trial has its user attrs from its creation: a process killed
+        # right after `ask` leaves a trial that the next run recognizes and discards.
+        params = {} if fixed is None else {self._time_param: float(t), **fixed}
+        self._study.enqueue_trial(params, user_attrs=attrs)
+        trial = self._study.ask()
         return _Candidate(trial=trial, role=role, params=self._suggest(trial, t))
 
     def _random_params(self, t: int, count: int) -> list[dict[str, float]]:
@@ -646,7 +667,8 @@ class HyperdynTuner:
         p_keep: float | None = None
         if not ok:
             for c in candidates:
-                self._finish(c, t, kept=False)
+                outcome = _outcome(c, kept=False, reference=math.nan, scale=self._metric_scale)
+                self._tell(c.trial._trial_id, outcome)
             reasons = "; ".join(f"trial {c.trial.number}: {c.failure}" for c in candidates)
             raise RuntimeError(f"Every candidate of epoch {t} failed ({reasons}).")
         if t == 0 or self._random_factor is not None:
@@ -684,10 +706,10 @@ class HyperdynTuner:
             study_or_trial=kept.trial,
             filename=f"hyperdyn-epoch-{t}.pt",
         )
-        for c in candidates:
-            if c is not kept:
-                self._finish(c, t, kept=False, reference=reference)
-        self._finish(kept, t, kept=True, reference=reference)
+        outcomes = [
+            _outcome(c, kept=c is kept, reference=reference, scale=self._metric_scale)
+            for c in candidates
+        ]
         last_change = t if switched else state.last_change
         record = {
             "epoch": t,
@@ -701,8 +723,16 @@ class HyperdynTuner:
             "keep_probability": p_keep,
             "candidates": [c.trial.number for c in candidates],
             "initial_accuracy": state.initial_accuracy,
+            "outcomes": outcomes,
         }
+        # The record is the commit, and the candidates are told after it: a process killed in
+        # between leaves RUNNING trials that the next run tells from the record. (Told before,
+        # they would stay COMPLETE in an epoch that is then run again, and the GP of the later
+        # epochs would see that epoch twice.)
         self._set_study_attr(f"{EPOCH_KEY_PREFIX}{t}", record)
+        pairs = sorted(zip(candidates, outcomes, strict=True), key=lambda co: co[0] is kept)
+        for c, outcome in pairs:  # the kept one last, as before
+            self._tell(c.trial._trial_id, outcome)
         return _State(
             epoch=t,
             params=dict(kept.params),
@@ -711,18 +741,17 @@ class HyperdynTuner:
             initial_accuracy=state.initial_accuracy,
         )
 
-    def _finish(
-        self, candidate: _Candidate, t: int, *, kept: bool, reference: float = math.nan
-    ) -> None:
-        trial = candidate.trial
-        trial.set_user_attr(USER_ATTR_KEPT, kept)
-        if candidate.failure is not None:
-            trial.set_user_attr(USER_ATTR_FAILURE, candidate.failure)
-            self._study.tell(trial, state=TrialState.FAIL)
+    def _tell(self, trial_id: int, outcome: Mapping[str, Any]) -> None:
+        """Finish a candidate's trial as its epoch's record says."""
+        storage = self._study._storage
+        storage.set_trial_user_attr(trial_id, USER_ATTR_KEPT, bool(outcome["kept"]))
+        number = storage.get_trial_number_from_id(trial_id)
+        if outcome["failure"] is not None:
+            storage.set_trial_user_attr(trial_id, USER_ATTR_FAILURE, outcome["failure"])
+            self._study.tell(number, state=TrialState.FAIL)
             return
-        trial.set_user_attr(USER_ATTR_ACCURACY, candidate.accuracy)
-        acc_diff = self._metric_scale * (candidate.accuracy - reference)
-        self._study.tell(trial, acc_diff)
+        storage.set_trial_user_attr(trial_id, USER_ATTR_ACCURACY, outcome["accuracy"])
+        self._study.tell(number, outcome["value"])
 
     # -- public API --------------------------------------------------------------------------
 
@@ -776,6 +805,21 @@ class HyperdynTuner:
         trials = self._study._get_trials(deepcopy=False, use_cache=False)
         figure = plot_chosen_params(records, trials, self._time_param, list(self._space))
         save_plotly_graph_object(self._study, figure, graph_object_id=PLOT_ID)
+
+
+def _outcome(
+    candidate: _Candidate, *, kept: bool, reference: float, scale: float
+) -> dict[str, Any]:
+    """What a candidate's trial is told: its metric and ``acc_diff``, or its failure."""
+    if candidate.failure is not None:
+        return {"number": candidate.trial.number, "kept": kept, "failure": candidate.failure}
+    return {
+        "number": candidate.trial.number,
+        "kept": kept,
+        "failure": None,
+        "accuracy": candidate.accuracy,
+        "value": scale * (candidate.accuracy - reference),
+    }
 
 
 def _is_bad_number(value: object) -> bool:

@@ -397,3 +397,85 @@ def test_restart_from_sqlite_in_a_new_process_ends_identical(tmp_path: Any) -> N
     assert resumed["switched"] == [float(s) for s in whole.switched]
     for key, value in model.state_dict().items():
         assert torch.equal(value, resumed["weights"][key]), key
+
+
+def _candidates(study: optuna.Study) -> list[tuple[int, str, dict[str, Any], float | None]]:
+    """(epoch, role, params, value) of every candidate that finished, in order."""
+    return [
+        (t.user_attrs["hyperdyn:epoch"], t.user_attrs["hyperdyn:role"], t.params, t.value)
+        for t in study.trials
+        if t.state == TrialState.COMPLETE
+    ]
+
+
+@pytest.mark.parametrize("n_told", [1, 2])
+def test_crash_while_telling_the_candidates_of_an_epoch_resumes_identically(
+    n_told: int,
+) -> None:
+    # A process that dies after telling some candidates of epoch 3 must not leave COMPLETE
+    # trials of an epoch that is then run again: the GP of the later epochs would observe that
+    # epoch twice, and the random streams of the redone epoch would shift. The epoch's record
+    # is written first, and the next run tells the rest from it.
+    settings: dict[str, Any] = dict(window=2, offset=0.5, seed=1)
+    reference = _study(sampler=_toy.cheap_sampler(seed=1))
+    _toy.make_tuner(reference, MemoryArtifactStore(), **settings)[0].run(epochs=6)
+    assert any(r["switched"] for r in _records(reference)[1:])  # the decisions vary
+
+    store = MemoryArtifactStore()
+    study = _study(sampler=_toy.cheap_sampler(seed=1))
+    tell = study.tell
+    told = {"n": 0}
+
+    def crashing_tell(*args: Any, **kwargs: Any) -> optuna.trial.FrozenTrial:
+        frozen = tell(*args, **kwargs)
+        if frozen.user_attrs["hyperdyn:epoch"] == 3 and frozen.state == TrialState.COMPLETE:
+            told["n"] += 1
+            if told["n"] == n_told:
+                raise _Crash
+        return frozen
+
+    study.tell = crashing_tell  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        _toy.make_tuner(study, store, **settings)[0].run(epochs=6)
+    running = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(running) == 2 - n_told
+    resumed = optuna.load_study(
+        study_name=study.study_name, storage=study._storage, sampler=_toy.cheap_sampler(seed=1)
+    )
+    result = _toy.make_tuner(resumed, store, **settings)[0].run(epochs=6)
+    assert result.params == [r["params"] for r in _records(reference)]
+    assert result.accuracy == [r["accuracy"] for r in _records(reference)]
+    assert _candidates(resumed) == _candidates(reference)
+    assert len(resumed.trials) == len(reference.trials)  # nothing run twice, nothing failed
+    for number in running:
+        assert resumed.trials[number].user_attrs == reference.trials[number].user_attrs
+
+
+def test_a_trial_asked_by_a_killed_process_is_discarded_on_resume() -> None:
+    # Killed right after `ask` (before the tuner could say what the trial is for): the trial
+    # already carries its epoch, so the next run fails it instead of leaving it RUNNING (which
+    # would shift the random streams of the candidates asked after it).
+    settings: dict[str, Any] = dict(window=2, offset=0.5, seed=1)
+    reference = _study(sampler=_toy.cheap_sampler(seed=1))
+    _toy.make_tuner(reference, MemoryArtifactStore(), **settings)[0].run(epochs=4)
+    store = MemoryArtifactStore()
+    study = _study(sampler=_toy.cheap_sampler(seed=1))
+    _toy.make_tuner(study, store, **settings)[0].run(epochs=2)
+    ask = study.ask
+
+    def crashing_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+        ask(*args, **kwargs)
+        raise _Crash
+
+    study.ask = crashing_ask  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        _toy.make_tuner(study, store, **settings)[0].run(epochs=4)
+    orphan = study.trials[-1]
+    assert orphan.state == TrialState.RUNNING and orphan.user_attrs["hyperdyn:epoch"] == 2
+    resumed = optuna.load_study(
+        study_name=study.study_name, storage=study._storage, sampler=_toy.cheap_sampler(seed=1)
+    )
+    result = _toy.make_tuner(resumed, store, **settings)[0].run(epochs=4)
+    assert resumed.trials[orphan.number].state == TrialState.FAIL
+    assert result.params == [r["params"] for r in _records(reference)]
+    assert _candidates(resumed) == _candidates(reference)

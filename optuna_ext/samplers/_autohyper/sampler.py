@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from optuna.distributions import FloatDistribution
 from optuna.samplers import BaseSampler
-from optuna.samplers import RandomSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import TrialState
 
@@ -26,6 +25,7 @@ from optuna_ext.samplers._autohyper._search import point_outcome
 from optuna_ext.samplers._autohyper._search import replay
 from optuna_ext.samplers._autohyper._search import SearchState
 from optuna_ext.samplers._autohyper._search import upcoming
+from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
 
 
 if TYPE_CHECKING:
@@ -375,8 +375,10 @@ class AutoHyperSampler(BaseSampler):
             ``"user_attr"`` to read ``Z`` from the user attr ``"knowledge_gain:Z"``, or
             ``"value"`` to use the objective value.
         independent_sampler:
-            Sampler for every parameter except ``param_name``. Defaults to
-            :class:`~optuna.samplers.RandomSampler` with ``seed``.
+            Sampler for every parameter except ``param_name``. Defaults to uniform sampling
+            seeded by ``seed`` and the trial's position in the study (not by one random
+            stream, as :class:`~optuna.samplers.RandomSampler` is), so that a study resumed
+            in a new process draws the values an uninterrupted one would have.
         seed:
             Seed of the default independent sampler and of the sampler's own random state
             (only used to stagger concurrent workers). The learning rates themselves are
@@ -435,7 +437,7 @@ class AutoHyperSampler(BaseSampler):
         self._z_source = z_source
         self._save_plot = bool(save_plot)
         self._rng = LazyRandomState(seed)
-        self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
+        self._independent_sampler = independent_sampler or StorageSeededRandomSampler(seed=seed)
         self._logged: set[tuple[int, str]] = set()
 
     # -- public API ------------------------------------------------------------------------
