@@ -17,6 +17,7 @@ import pytest
 
 from optuna_ext.samplers._hyperdyn import HyperdynSampler
 from optuna_ext.samplers._hyperdyn.sampler import PROPOSAL_KEY
+from tests.samplers_tests._storage_matrix import StorageMatrix
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -35,7 +36,7 @@ def _cheap(**kwargs: object) -> HyperdynSampler:
 
 
 class TestHyperdynSamplerSuites(
-    BasicSamplerTestCase, RelativeSamplerTestCase, SingleOnlySamplerTestCase
+    StorageMatrix, BasicSamplerTestCase, RelativeSamplerTestCase, SingleOnlySamplerTestCase
 ):
     @pytest.fixture
     def sampler(self) -> Callable[[], BaseSampler]:

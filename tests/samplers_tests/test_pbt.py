@@ -40,12 +40,13 @@ from optuna_ext.samplers._pbt._population import needed_checkpoint_trials
 from optuna_ext.samplers._pbt._population import Population
 from optuna_ext.samplers._pbt._population import SURPLUS_KEY
 from optuna_ext.samplers._pbt.sampler import _spec
+from tests.samplers_tests._storage_matrix import StorageMatrix
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class TestOptunaContract(BasicSamplerTestCase, SingleOnlySamplerTestCase):
+class TestOptunaContract(StorageMatrix, BasicSamplerTestCase, SingleOnlySamplerTestCase):
     @pytest.fixture
     def sampler(self) -> Callable[[], BaseSampler]:
         return lambda: PBTSampler(population_size=3, seed=0)

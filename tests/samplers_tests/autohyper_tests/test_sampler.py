@@ -49,6 +49,7 @@ from optuna_ext.samplers._autohyper._search import replay
 from optuna_ext.samplers._autohyper._search import simulate
 from optuna_ext.samplers._autohyper.sampler import _Book
 from optuna_ext.samplers._autohyper.sampler import _POINT_KEY
+from tests.samplers_tests._storage_matrix import StorageMatrix
 from tests.samplers_tests.autohyper_tests._synthetic import DISTRIBUTION
 from tests.samplers_tests.autohyper_tests._synthetic import knee_z
 from tests.samplers_tests.autohyper_tests._synthetic import make_objective
@@ -58,7 +59,7 @@ from tests.samplers_tests.autohyper_tests._synthetic import plateau_start
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class TestOptunaContract(BasicSamplerTestCase, SingleOnlySamplerTestCase):
+class TestOptunaContract(StorageMatrix, BasicSamplerTestCase, SingleOnlySamplerTestCase):
     @pytest.fixture
     def sampler(self) -> Callable[[], BaseSampler]:
         return lambda: AutoHyperSampler(seed=0)
