@@ -312,6 +312,7 @@ def test_independent_sampler_is_used_for_other_parameters() -> None:
     [
         (dict(min_lr=0.0), "min_lr > 0"),
         (dict(max_lr=1e-5), "max_lr > min_lr"),
+        (dict(max_lr=float("inf")), "`max_lr` is inf, but must be finite"),
         (dict(num_split=1), "num_split >= 2"),
         (dict(power=-1.0), "power > 0"),
         (dict(min_delta=2.0), "0 < min_delta < 1"),
