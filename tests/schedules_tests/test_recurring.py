@@ -81,6 +81,9 @@ def test_validation_leaves_the_optimizer_untouched() -> None:
         ({"step_gamma": 1.5}, "`step_gamma`"),
         ({"cyclic_peak": 0.0}, "`cyclic_peak`"),
         ({"cyclic_peak": 1.0}, "`cyclic_peak`"),
+        ({"last_epoch": -2}, "`last_epoch >= -1`"),
+        ({"last_epoch": 1.5}, "`last_epoch` is 1.5, but must be an integer"),
+        ({"last_epoch": math.nan}, "`last_epoch` is nan, but must be an integer"),
     ],
 )
 def test_invalid_options(kwargs: dict, name: str) -> None:
