@@ -41,8 +41,8 @@ def _free_port() -> int:
 def _bindir() -> str | None:
     for initdb in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True):
         return os.path.dirname(initdb)
-    initdb = shutil.which("initdb")
-    return os.path.dirname(initdb) if initdb else None
+    found = shutil.which("initdb")
+    return os.path.dirname(found) if found else None
 
 
 @dataclasses.dataclass
