@@ -221,6 +221,7 @@ def test_cli_demo_with_the_server_stopped_mid_run(pg: PrivatePostgres, tmp_path)
     assert proc.returncode == 0, err[-3000:]
     assert PASSWORD not in out + err
     assert "postgres:***@" in out  # the summary and the dashboard command show it masked
+    assert "shown without its password" in out
     study = optuna.load_study(study_name="demo-tpe", storage=pg.url)
     again = {t.number: (t.number, t.params, t.value) for t in study.trials}
     assert all(again[row[0]] == row for row in kept)  # nothing told before the stop was lost
