@@ -79,7 +79,7 @@ def test_batched_call_equals_one_call_per_matrix(
         torch.testing.assert_close(result.singular_values, single.singular_values)
 
 
-def _conv(seed: int, c_out: int, c_in: int, k: int, rank: int, strength: float) -> nn.Module:
+def _conv(seed: int, c_out: int, c_in: int, k: int, rank: int, strength: float) -> nn.Conv2d:
     g = torch.Generator().manual_seed(seed)
     conv = nn.Conv2d(c_in, c_out, k, bias=False)
     with torch.no_grad():
@@ -113,12 +113,11 @@ def test_knowledge_gain_of_random_conv_weights(
     scale: float,
     p: int,
 ) -> None:
-    model = nn.Sequential(
-        *[_conv(seed + i, *layer, strength) for i, layer in enumerate(layers)]  # type: ignore[misc]
-    )
+    convs = [_conv(seed + i, *layer, strength) for i, layer in enumerate(layers)]
+    model = nn.Sequential(*convs)
     snapshot = knowledge_gain_rank(model, p=p)
     ranks: list[int] = []
-    for layer, module in zip(snapshot.layers, model, strict=True):
+    for layer, module in zip(snapshot.layers, convs, strict=True):
         w = module.weight.detach()
         for mode, gain, rank in ((3, layer.gain3, layer.rank3), (4, layer.gain4, layer.rank4)):
             matrix = unfold(w, mode)
@@ -129,7 +128,7 @@ def test_knowledge_gain_of_random_conv_weights(
             ranks.append(rank)
     assert snapshot.z == sum(r == 0 for r in ranks) / len(ranks)
     with torch.no_grad():
-        for module in model:
+        for module in convs:
             module.weight.mul_(scale)
     scaled = knowledge_gain_rank(model, p=p)
     assert [(x.rank3, x.rank4) for x in scaled.layers] == [
