@@ -97,3 +97,70 @@ def test_remove_is_idempotent(store) -> None:
     remove_checkpoint(artifact_store=store, artifact_id=artifact_id)
     with pytest.raises(CheckpointError):
         load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+
+
+class _Exploit:
+    """A pickle payload that runs code when unpickled: it creates ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def _upload_bytes(store: FileSystemArtifactStore, tmp_path, payload: bytes) -> str:
+    path = tmp_path / "upload" / "checkpoint.pt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(payload)
+    study = optuna.create_study()
+    return optuna.artifacts.upload_artifact(
+        artifact_store=store, file_path=str(path), study_or_trial=study
+    )
+
+
+@pytest.mark.parametrize("fmt", ["torch-zip", "torch-legacy", "raw-pickle"])
+def test_a_malicious_pickle_is_refused_and_never_run(store, tmp_path, fmt: str) -> None:
+    """weights_only=True: a checkpoint whose unpickling would run code does not load, and the
+    code does not run."""
+    import io
+    import pickle
+
+    marker = tmp_path / "pwned"
+    state = {"model": _Exploit(str(marker))}
+    buffer = io.BytesIO()
+    if fmt == "raw-pickle":
+        pickle.dump(state, buffer, protocol=2)
+    else:
+        torch.save(state, buffer, _use_new_zipfile_serialization=fmt == "torch-zip")
+    payload = buffer.getvalue()
+    artifact_id = _upload_bytes(store, tmp_path, payload)
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}' is corrupt or not a checkpoint"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+    assert not marker.exists()
+    # The payload is live: loading it without weights_only runs it (what the check prevents).
+    if fmt != "raw-pickle":
+        torch.load(io.BytesIO(payload), weights_only=False)
+    else:
+        pickle.loads(payload)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [(b"", "is corrupt or not a checkpoint"), (b"not a checkpoint", "is corrupt")],
+)
+def test_an_empty_or_foreign_file_names_the_artifact(store, tmp_path, payload, match) -> None:
+    artifact_id = _upload_bytes(store, tmp_path, payload)
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}' {match}"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+
+
+def test_a_checkpoint_that_is_not_a_dict_names_the_artifact(store, tmp_path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save([torch.ones(2)], buffer)
+    artifact_id = _upload_bytes(store, tmp_path, buffer.getvalue())
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}' holds a list, not a dict"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
