@@ -103,3 +103,27 @@ def test_the_dashboard_command_binds_its_default_host(
     command = next(line for line in out.splitlines() if "optuna-dashboard '" in line)
     assert "--host" not in command
     assert DashboardConfig().host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--threads", "0"], "--threads is 0, but must be >= 1"),
+        (["--methods", ","], "unknown method"),
+        (["--methods", "tpe,nope"], r"unknown method\(s\) \['nope'\]"),
+        (["--budget", "huge"], "invalid choice: 'huge'"),
+        (["--seed", "x"], "invalid int value: 'x'"),
+    ],
+)
+def test_bad_demo_arguments_exit_2(
+    argv: list[str], match: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import re
+
+    try:
+        status = main(["demo", "--storage", f"sqlite:///{tmp_path / 'x.db'}", *argv])
+    except SystemExit as e:  # argparse's own errors
+        status = int(e.code or 0)
+    assert status == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "x.db").exists()  # refused before the storage was opened
