@@ -521,3 +521,18 @@ def test_integer_distribution_for_another_name_is_delegated() -> None:
     with pytest.raises(ValueError, match="log=True"):
         frozen = study._storage.get_trial(trial._trial_id)
         study.sampler.sample_independent(study, frozen, "learning_rate", IntDistribution(1, 9))
+
+
+def test_after_a_missing_z_the_study_goes_on_with_the_point_retried() -> None:
+    """The missing-Z error stops ``optimize``; the trial stays COMPLETE (Optuna finishes it
+    before the error reaches the caller), counts as a failed attempt of its grid point, and a
+    corrected objective continues the search to the answer of a run without the mistake."""
+    study = optuna.create_study(sampler=AutoHyperSampler(save_plot=False), direction="maximize")
+    study.optimize(make_objective(), n_trials=3)
+    with pytest.raises(ValueError, match=KNOWLEDGE_GAIN_Z_KEY):
+        study.optimize(lambda t: t.suggest_float("lr", *DISTRIBUTION, log=True), n_trials=5)
+    assert len(study.trials) == 4 and study.trials[3].state == TrialState.COMPLETE
+    study.optimize(make_objective(), n_trials=500)
+    assert study.trials[4].params["lr"] == study.trials[3].params["lr"]  # retried
+    expected = simulate(AutoHyperSearch(lower_bound=1e-6, upper_bound=1.0), knee_z)
+    assert AutoHyperSampler.best_lr(study) == expected.lr
