@@ -98,8 +98,9 @@ def test_not_an_optimizer() -> None:
 
 def test_lr_at_rejects_negative_epochs() -> None:
     scheduler = RecurringLR(_optimizer(0.1), boundaries=[3], steps_per_epoch=1)
-    with pytest.raises(ValueError, match="`epoch`"):
-        scheduler.lr_at(-0.5)
+    for epoch in (-0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match="`epoch`"):
+            scheduler.lr_at(epoch)
 
 
 # --- the rate at the rung starts and ends -----------------------------------------------------
