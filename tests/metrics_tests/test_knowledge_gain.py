@@ -199,7 +199,7 @@ def test_non_finite_weights_name_the_layer(bad: float) -> None:
     # A diverged network: the error names the weight instead of torch's LinAlgError.
     model = small_cnn()
     with torch.no_grad():
-        model[2].weight[0, 0, 0, 0] = bad
+        conv_weight(model[2])[0, 0, 0, 0] = bad
     with pytest.raises(ValueError, match="The model's weight `2.weight` holds NaN or infinite"):
         knowledge_gain_rank(model)
 

@@ -152,7 +152,7 @@ def test_diverged_weights_raise_and_record_nothing() -> None:
     tracker = KnowledgeGainTracker(model)
     assert tracker() == 1.0
     with torch.no_grad():
-        model[0].weight.fill_(float("nan"))
+        conv_weight(model[0]).fill_(float("nan"))
     with pytest.raises(ValueError, match="The model's weight `0.weight` holds NaN or infinite"):
         tracker()
     assert tracker.z_per_epoch == [1.0]  # the failed measurement left no epoch behind
