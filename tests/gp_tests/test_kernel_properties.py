@@ -59,9 +59,9 @@ def test_time_kernel_is_one_at_zero_and_falls_with_the_distance(
 ) -> None:
     others = _t([t + g for g in gaps])
     row = time_kernel(_t([t]), others, alpha=alpha, beta=beta).numpy()[0]
-    # (torch may divide through a reciprocal: 1 to the last bit, not exactly)
-    assert abs(time_kernel(_t([t]), _t([t]), alpha=alpha, beta=beta).item() - 1.0) < 1e-15
-    assert np.all(np.diff(row) <= 1e-15)  # non-increasing in |t1 - t2|
+    # (torch may divide through a reciprocal and raise to alpha: 1 up to a few ulps)
+    assert abs(time_kernel(_t([t]), _t([t]), alpha=alpha, beta=beta).item() - 1.0) < 1e-12
+    assert np.all(np.diff(row) <= 1e-12)  # non-increasing in |t1 - t2|
 
 
 @settings(max_examples=60, deadline=None)
@@ -80,7 +80,7 @@ def test_stationary_kernels_are_one_at_zero_and_fall(d2: list[float]) -> None:
         assert kernel(_t([0.0])).item() == 1.0
         values = kernel(_t(d2)).numpy()
         assert np.all((values >= 0.0) & (values <= 1.0))
-        assert np.all(np.diff(values) <= 1e-15)
+        assert np.all(np.diff(values) <= 1e-12)
 
 
 @settings(max_examples=40, deadline=None)
