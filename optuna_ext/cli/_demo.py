@@ -568,4 +568,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\nBrowse the studies:  optuna-dashboard '{shown}' --artifact-dir '{args.artifact_dir}'"
     )
+    if shown != args.storage and ":***@" in shown:
+        print(
+            "(The storage URL is shown without its password: type it in place of ***, or "
+            "leave it out of the URL and set it in the environment, e.g. PGPASSWORD.)"
+        )
     return 0

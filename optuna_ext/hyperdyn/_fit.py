@@ -87,7 +87,11 @@ def make_task_functions(
         batch_size: The training batch size.
         seed: The seed of the data order.
         device: The device of the model.
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer (checked here, before training).
     """
+    make_loader(data.train, batch_size=batch_size, shuffle=True, seed=seed)  # validates
 
     def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> float:
         loader = make_loader(

@@ -38,6 +38,12 @@ def trend_delta(history: Sequence[float], window: int) -> float:
     if len(history) == 0:
         raise ValueError("The metric history is empty: the test needs at least one epoch.")
     reference = history[max(0, len(history) - 1 - window)]
+    for name, value in (("latest", history[-1]), ("reference", reference)):
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"The {name} entry of the metric history is {value}, but must be finite "
+                "(a diverged run has no trend to test)."
+            )
     return float(history[-1]) - float(reference)
 
 

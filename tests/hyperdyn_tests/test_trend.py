@@ -127,3 +127,19 @@ def test_bad_arguments_raise(kwargs: dict[str, float], match: str) -> None:
 def test_empty_history_raises() -> None:
     with pytest.raises(ValueError, match="empty"):
         check_accuracy_trend([], u=0.5)
+
+
+@pytest.mark.parametrize(
+    "history, name",
+    [
+        ([0.5, math.nan], "latest"),
+        ([math.inf, 0.5], "reference"),
+        ([0.1, 0.2, -math.inf], "latest"),
+    ],
+)
+def test_non_finite_history_raises(history: list[float], name: str) -> None:
+    # The latest entry and the one `window` epochs back decide the test: neither may be NaN/inf.
+    with pytest.raises(ValueError, match=f"The {name} entry of the metric history is"):
+        check_accuracy_trend(history, window=1, u=0.5)
+    with pytest.raises(ValueError, match=f"The {name} entry of the metric history is"):
+        keep_probability(history, window=1)

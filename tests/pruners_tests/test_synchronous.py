@@ -605,3 +605,28 @@ def test_a_trial_asked_by_a_killed_run_is_taken_over(tmp_path: Any) -> None:
     _runner(store).optimize(resumed, _Recorder())
     assert summary(resumed) == summary(reference)
     assert resumed.trials[orphan.number].system_attrs[CONFIG_KEY] == 4
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_resume_with_a_lost_checkpoint_names_the_artifact(tmp_path, damage: str) -> None:
+    """A resumed run whose state artifact is gone or damaged stops with the artifact's id,
+    before training anything; the rounds already told stay as they are."""
+    from optuna_ext._checkpoint import CheckpointError
+
+    store = _new_store(tmp_path / "artifacts")
+    study = _quiet_study()
+    _runner(store).optimize(study, _Recorder(), max_rounds=1)
+    promoted = [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(promoted) == 3
+    artifact_id = promoted[0].system_attrs[checkpoint_key(0)]
+    path = tmp_path / "artifacts" / artifact_id
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:16])
+    before = [(t.number, t.state, t.value, t.intermediate_values) for t in study.trials]
+    recorder = _Recorder()
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}'"):
+        _runner(store).optimize(study, recorder, max_rounds=5)
+    assert recorder.calls == []
+    assert [(t.number, t.state, t.value, t.intermediate_values) for t in study.trials] == before

@@ -49,6 +49,7 @@ from optuna_ext.samplers._autohyper._search import replay
 from optuna_ext.samplers._autohyper._search import simulate
 from optuna_ext.samplers._autohyper.sampler import _Book
 from optuna_ext.samplers._autohyper.sampler import _POINT_KEY
+from tests.samplers_tests._storage_matrix import StorageMatrix
 from tests.samplers_tests.autohyper_tests._synthetic import DISTRIBUTION
 from tests.samplers_tests.autohyper_tests._synthetic import knee_z
 from tests.samplers_tests.autohyper_tests._synthetic import make_objective
@@ -58,7 +59,7 @@ from tests.samplers_tests.autohyper_tests._synthetic import plateau_start
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class TestOptunaContract(BasicSamplerTestCase, SingleOnlySamplerTestCase):
+class TestOptunaContract(StorageMatrix, BasicSamplerTestCase, SingleOnlySamplerTestCase):
     @pytest.fixture
     def sampler(self) -> Callable[[], BaseSampler]:
         return lambda: AutoHyperSampler(seed=0)
@@ -324,6 +325,7 @@ def test_independent_sampler_is_used_for_other_parameters() -> None:
     [
         (dict(min_lr=0.0), "min_lr > 0"),
         (dict(max_lr=1e-5), "max_lr > min_lr"),
+        (dict(max_lr=float("inf")), "`max_lr` is inf, but must be finite"),
         (dict(num_split=1), "num_split >= 2"),
         (dict(power=-1.0), "power > 0"),
         (dict(min_delta=2.0), "0 < min_delta < 1"),
@@ -541,3 +543,18 @@ def test_integer_distribution_for_another_name_is_delegated() -> None:
     with pytest.raises(ValueError, match="log=True"):
         frozen = study._storage.get_trial(trial._trial_id)
         study.sampler.sample_independent(study, frozen, "learning_rate", IntDistribution(1, 9))
+
+
+def test_after_a_missing_z_the_study_goes_on_with_the_point_retried() -> None:
+    """The missing-Z error stops ``optimize``; the trial stays COMPLETE (Optuna finishes it
+    before the error reaches the caller), counts as a failed attempt of its grid point, and a
+    corrected objective continues the search to the answer of a run without the mistake."""
+    study = optuna.create_study(sampler=AutoHyperSampler(save_plot=False), direction="maximize")
+    study.optimize(make_objective(), n_trials=3)
+    with pytest.raises(ValueError, match=KNOWLEDGE_GAIN_Z_KEY):
+        study.optimize(lambda t: t.suggest_float("lr", *DISTRIBUTION, log=True), n_trials=5)
+    assert len(study.trials) == 4 and study.trials[3].state == TrialState.COMPLETE
+    study.optimize(make_objective(), n_trials=500)
+    assert study.trials[4].params["lr"] == study.trials[3].params["lr"]  # retried
+    expected = simulate(AutoHyperSearch(lower_bound=1e-6, upper_bound=1.0), knee_z)
+    assert AutoHyperSampler.best_lr(study) == expected.lr
