@@ -52,6 +52,11 @@ USER_ATTR_FAILURE = "hyperdyn:failure"
 PLOT_ID = "hyperdyn-lr"
 """The ``graph_object_id`` of the chosen-rate figure saved with optuna-dashboard."""
 
+TREND_TESTS = ("paper", "compare")
+"""The values of :class:`HyperdynTuner`'s ``trend_test``."""
+# Settings added after the first release: a stored config without them had the default.
+_CONFIG_DEFAULTS: dict[str, Any] = {"trend_test": "paper"}
+
 _STREAM_TRAIN = 0
 _STREAM_TREND = 1
 _STREAM_RANDOM = 2
@@ -214,6 +219,14 @@ class HyperdynTuner:
     GP but not the decision (Algorithm 4, lines 7-13), and a rejected proposal does not
     restore older weights. BO runs every epoch, also when the incumbent is kept.
 
+    **Trend-test variant (an option, not the paper).** ``trend_test="compare"`` also weighs
+    the two candidates of the current epoch: the rise of the trend is replaced by
+    ``min(rise, lead)``, ``lead`` the incumbent's metric minus the proposal's, so a proposal
+    that beat the incumbent by ``d`` is taken with probability at least
+    ``1 - exp(-metric_scale * d / T - b)`` even when the trend is rising (see
+    :func:`check_accuracy_trend`). It only adds switches to the paper's test, with the same
+    draw ``u``. The default ``"paper"`` is Algorithm 5 as written.
+
     **Resuming.** After each epoch the kept model and optimizer state is saved in
     ``artifact_store`` as an artifact of the kept trial, and the epoch's record (the kept
     hyper-parameters and metric, the artifact id, the draw ``u``) is written to the study's
@@ -332,6 +345,11 @@ class HyperdynTuner:
             :obj:`None` uses :func:`set_optimizer_params`.
         plot:
             Save the chosen-rate figure to the study at the end of :meth:`run`.
+        trend_test:
+            ``"paper"`` (the default): Algorithm 5 on the kept weights' trend alone.
+            ``"compare"``: also weigh the incumbent's lead over the proposal in the current
+            epoch (a variant that is not in the paper; see above). Only for Hyperdyn itself,
+            not with ``greedy`` or ``random_factor``.
     """
 
     def __init__(
@@ -354,8 +372,18 @@ class HyperdynTuner:
         seed: int = 0,
         apply_params: Callable[[torch.optim.Optimizer, Mapping[str, float]], None] | None = None,
         plot: bool = True,
+        trend_test: str = "paper",
     ) -> None:
         check_trend_args(window, temperature, offset, metric_scale)
+        if trend_test not in TREND_TESTS:
+            raise ValueError(
+                f"The value of `trend_test` is {trend_test!r}, but must be one of {TREND_TESTS}."
+            )
+        if trend_test != "paper" and (greedy or random_factor is not None):
+            raise ValueError(
+                f"The value of `trend_test` is {trend_test!r}, but the baselines (`greedy`, "
+                "`random_factor`) run no trend test: leave it at 'paper'."
+            )
         if isinstance(n_random_start, bool) or not isinstance(n_random_start, int):
             raise ValueError(
                 f"The value of `n_random_start` is {n_random_start!r}, but must be an int."
@@ -425,6 +453,7 @@ class HyperdynTuner:
         self._seed = int(seed)
         self._apply = apply_params if apply_params is not None else set_optimizer_params
         self._plot = plot
+        self._trend_test = trend_test
 
     # -- storage -----------------------------------------------------------------------------
 
@@ -440,6 +469,7 @@ class HyperdynTuner:
             "greedy": self._greedy,
             "random_factor": self._random_factor,
             "seed": self._seed,
+            "trend_test": self._trend_test,
         }
 
     def _system_attrs(self) -> dict[str, Any]:
@@ -463,6 +493,7 @@ class HyperdynTuner:
         if stored is None:
             self._set_study_attr(CONFIG_KEY, config)
             return
+        stored = {**_CONFIG_DEFAULTS, **stored}
         differing = sorted(k for k in config if stored.get(k) != config[k])
         if differing:
             shown = ", ".join(
@@ -665,6 +696,7 @@ class HyperdynTuner:
 
         u: float | None = None
         p_keep: float | None = None
+        lead: float | None = None
         if not ok:
             for c in candidates:
                 outcome = _outcome(c, kept=False, reference=math.nan, scale=self._metric_scale)
@@ -676,12 +708,20 @@ class HyperdynTuner:
             switched = True if t == 0 else kept.params != state.params
         else:
             u = float(np.random.default_rng(_derived_seed(self._seed, _STREAM_TREND, t)).random())
+            incumbent, proposal = candidates
+            if (
+                self._trend_test == "compare"
+                and incumbent.failure is None
+                and proposal.failure is None
+            ):
+                lead = incumbent.accuracy - proposal.accuracy
             p_keep = keep_probability(
                 state.history,
                 window=self._window,
                 temperature=self._temperature,
                 offset=self._offset,
                 metric_scale=self._metric_scale,
+                lead=lead,
             )
             keep = check_accuracy_trend(
                 state.history,
@@ -689,9 +729,9 @@ class HyperdynTuner:
                 temperature=self._temperature,
                 offset=self._offset,
                 metric_scale=self._metric_scale,
+                lead=lead,
                 u=u,
             )
-            incumbent, proposal = candidates
             kept = incumbent if keep else proposal
             if kept.failure is not None:
                 kept = proposal if kept is incumbent else incumbent
@@ -721,6 +761,7 @@ class HyperdynTuner:
             "last_change": last_change,
             "u": u,
             "keep_probability": p_keep,
+            "lead": lead,
             "candidates": [c.trial.number for c in candidates],
             "initial_accuracy": state.initial_accuracy,
             "outcomes": outcomes,

@@ -21,8 +21,10 @@ from optuna_ext._checkpoint import CheckpointError
 from optuna_ext._checkpoint import load_checkpoint
 from optuna_ext._gp.box import UnitBox
 from optuna_ext.hyperdyn import check_accuracy_trend
+from optuna_ext.hyperdyn import keep_probability
 from optuna_ext.hyperdyn import MemoryArtifactStore
 from optuna_ext.hyperdyn import PLOT_ID
+from optuna_ext.hyperdyn._tuner import CONFIG_KEY
 from optuna_ext.hyperdyn._tuner import EPOCH_KEY_PREFIX
 from tests.hyperdyn_tests import _toy
 
@@ -112,6 +114,62 @@ def test_decisions_follow_check_accuracy_trend() -> None:
         kept = study.trials[record["kept_trial"]]
         assert kept.user_attrs["hyperdyn:role"] == ("incumbent" if keep else "proposal")
         assert record["last_change"] == max(e for e in range(t + 1) if records[e]["switched"])
+
+
+def test_compare_decisions_weigh_the_incumbents_lead() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(
+        study, MemoryArtifactStore(), window=2, offset=0.5, trend_test="compare"
+    )
+    result = tuner.run(epochs=5)
+    records = _records(study)
+    overruled = 0  # epochs where the paper's test would have kept the incumbent
+    for t in range(1, 5):
+        record = records[t]
+        by_role = {
+            study.trials[n].user_attrs["hyperdyn:role"]: study.trials[n]
+            for n in record["candidates"]
+        }
+        lead = (
+            by_role["incumbent"].user_attrs["hyperdyn:accuracy"]
+            - by_role["proposal"].user_attrs["hyperdyn:accuracy"]
+        )
+        assert record["lead"] == pytest.approx(lead)
+        history = result.accuracy[:t]
+        settings: dict[str, Any] = dict(window=2, offset=0.5, metric_scale=100.0)
+        keep = check_accuracy_trend(history, lead=lead, u=record["u"], **settings)
+        assert record["keep_probability"] == pytest.approx(
+            keep_probability(history, lead=lead, **settings)
+        )
+        assert record["switched"] == (not keep)
+        kept = study.trials[record["kept_trial"]]
+        assert kept.user_attrs["hyperdyn:role"] == ("incumbent" if keep else "proposal")
+        if not keep and check_accuracy_trend(history, u=record["u"], **settings):
+            overruled += 1
+    # The toy run exercises the variant: the proposal's lead overrules the trend at least once.
+    assert overruled >= 1
+
+
+def test_paper_test_records_no_lead() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(study, MemoryArtifactStore())
+    tuner.run(epochs=3)
+    assert [r["lead"] for r in _records(study)] == [None, None, None]
+
+
+def test_resume_of_a_run_stored_without_trend_test_uses_the_paper_test() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(study, MemoryArtifactStore())
+    tuner.run(epochs=2)
+    # A study written before the option existed has no `trend_test` in its stored config.
+    config = study._storage.get_study_system_attrs(study._study_id)[CONFIG_KEY]
+    del config["trend_test"]
+    study._storage.set_study_system_attr(study._study_id, CONFIG_KEY, config)
+    tuner.run(epochs=3)
+    assert len(_records(study)) == 3
+    other, _, _ = _toy.make_tuner(study, MemoryArtifactStore(), trend_test="compare")
+    with pytest.raises(ValueError, match="trend_test"):
+        other.run(epochs=4)
 
 
 def test_greedy_always_switches_to_the_proposal() -> None:
@@ -230,6 +288,9 @@ def test_non_numeric_metric_raises_type_error() -> None:
         ({"n_random_start": 0}, "n_random_start"),
         ({"random_factor": 0}, "random_factor"),
         ({"greedy": True, "random_factor": 5}, "at most one baseline"),
+        ({"trend_test": "trend"}, "trend_test"),
+        ({"trend_test": "compare", "greedy": True}, "run no trend test"),
+        ({"trend_test": "compare", "random_factor": 5}, "run no trend test"),
         ({"seed": -1}, "seed"),
         ({"search_space": {"nesterov_lr": FloatDistribution(0.1, 1.0)}}, "no `nesterov_lr`"),
         ({"search_space": {"epoch": FloatDistribution(0.0, 1.0)}}, "time parameter"),
