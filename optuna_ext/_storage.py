@@ -66,6 +66,45 @@ def _scrub(message: str, url: str) -> str:
     return " ".join(message.split())
 
 
+def find_storage_error(error: BaseException) -> BaseException | None:
+    """The database error in ``error``'s chain (``__cause__``/``__context__``), if any.
+
+    ``Study.optimize`` of Optuna 5.0 can hide a storage error that happens while a trial is
+    told behind an ``UnboundLocalError`` (optuna#5280); the storage error is its context.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, sqlalchemy.exc.SQLAlchemyError):
+            return e
+        stack += [e.__context__, e.__cause__]
+    if isinstance(error, optuna.exceptions.StorageInternalError):
+        return error
+    return None
+
+
+def describe_storage_failure(error: BaseException, url: str) -> str:
+    """One line on a storage call that failed mid-run (a server that went away, ...).
+
+    Names the URL with its password masked and the database driver's reason (scrubbed of the
+    password too), without SQLAlchemy's statement dump.
+    """
+    cause = find_storage_error(error) or error
+    original = getattr(cause, "orig", None) or cause
+    reason = _scrub(str(original), url).split(" (Background on")[0].split(" [SQL:")[0]
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    return (
+        f"The storage '{mask_url(url)}' failed during the run "
+        f"({type(original).__name__}: {reason}). Every trial told before the failure is kept "
+        "in the storage."
+    )
+
+
 def normalize_storage_url(url: str) -> str:
     """Pick an installed driver when the URL names none.
 
@@ -102,12 +141,20 @@ def _has_module(name: str) -> bool:
 def open_storage(url: str, **rdb_kwargs: object) -> BaseStorage:
     """Open the RDB storage at ``url`` and check that it answers.
 
+    A database server that restarts between two storage calls is survived: the connection pool
+    checks each connection before use (SQLAlchemy's ``pool_pre_ping``; pass
+    ``engine_kwargs={"pool_pre_ping": False}`` to turn it off), so the first call after the
+    restart reconnects instead of failing on a dead connection. While the server is down,
+    every call fails with SQLAlchemy's ``OperationalError``, and nothing already committed is
+    lost.
+
     Args:
         url:
             An SQLAlchemy URL (``sqlite:///file.db``, ``postgresql+psycopg://...``,
             ``mysql+pymysql://...``).
         rdb_kwargs:
-            Passed on to :class:`optuna.storages.RDBStorage` (``heartbeat_interval``, ...).
+            Passed on to :class:`optuna.storages.RDBStorage` (``heartbeat_interval``,
+            ``engine_kwargs``, ...).
 
     Returns:
         The storage, wrapped in Optuna's cache as ``optuna.create_study(storage=url)`` would.
@@ -118,6 +165,10 @@ def open_storage(url: str, **rdb_kwargs: object) -> BaseStorage:
     """
     url = normalize_storage_url(url)
     shown = mask_url(url)
+    if not url.startswith("sqlite"):
+        engine_kwargs = dict(rdb_kwargs.get("engine_kwargs") or {})  # type: ignore[call-overload]
+        engine_kwargs.setdefault("pool_pre_ping", True)
+        rdb_kwargs = {**rdb_kwargs, "engine_kwargs": engine_kwargs}
     try:
         storage = optuna.storages.RDBStorage(url, **rdb_kwargs)  # type: ignore[arg-type]
     except ImportError as e:

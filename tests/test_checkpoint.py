@@ -97,3 +97,104 @@ def test_remove_is_idempotent(store) -> None:
     remove_checkpoint(artifact_store=store, artifact_id=artifact_id)
     with pytest.raises(CheckpointError):
         load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+
+
+class _Exploit:
+    """A pickle payload that runs code when unpickled: it creates ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def _upload_bytes(store: FileSystemArtifactStore, tmp_path, payload: bytes) -> str:
+    path = tmp_path / "upload" / "checkpoint.pt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(payload)
+    study = optuna.create_study()
+    return optuna.artifacts.upload_artifact(
+        artifact_store=store, file_path=str(path), study_or_trial=study
+    )
+
+
+@pytest.mark.parametrize("fmt", ["torch-zip", "torch-legacy", "raw-pickle"])
+def test_a_malicious_pickle_is_refused_and_never_run(store, tmp_path, fmt: str) -> None:
+    """weights_only=True: a checkpoint whose unpickling would run code does not load, and the
+    code does not run."""
+    import io
+    import pickle
+
+    marker = tmp_path / "pwned"
+    state = {"model": _Exploit(str(marker))}
+    buffer = io.BytesIO()
+    if fmt == "raw-pickle":
+        pickle.dump(state, buffer, protocol=2)
+    else:
+        torch.save(state, buffer, _use_new_zipfile_serialization=fmt == "torch-zip")
+    payload = buffer.getvalue()
+    artifact_id = _upload_bytes(store, tmp_path, payload)
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}' is corrupt or not a checkpoint"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+    assert not marker.exists()
+    # The payload is live: loading it without weights_only runs it (what the check prevents).
+    if fmt != "raw-pickle":
+        torch.load(io.BytesIO(payload), weights_only=False)
+    else:
+        pickle.loads(payload)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [(b"", "is corrupt or not a checkpoint"), (b"not a checkpoint", "is corrupt")],
+)
+def test_an_empty_or_foreign_file_names_the_artifact(store, tmp_path, payload, match) -> None:
+    artifact_id = _upload_bytes(store, tmp_path, payload)
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}' {match}"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+
+
+def test_a_checkpoint_that_is_not_a_dict_names_the_artifact(store, tmp_path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save([torch.ones(2)], buffer)
+    artifact_id = _upload_bytes(store, tmp_path, buffer.getvalue())
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}' holds a list, not a dict"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+
+
+def test_every_load_in_the_package_is_weights_only() -> None:
+    """No code path unpickles without the allow-list: every ``torch.load`` call in the package
+    passes ``weights_only=True``, and nothing imports ``pickle`` (or ``dill``, ``joblib``)."""
+    import ast
+    from pathlib import Path
+
+    import optuna_ext
+
+    package = Path(optuna_ext.__file__).parent
+    loads = 0
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                names.append(getattr(node, "module", None) or "")
+                assert not {"pickle", "dill", "joblib", "cloudpickle"} & set(names), path
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                loads += 1
+                flags = {k.arg: k.value for k in node.keywords}
+                value = flags.get("weights_only")
+                assert isinstance(value, ast.Constant) and value.value is True, (
+                    f"{path.relative_to(package.parent)}:{node.lineno}: torch.load without "
+                    "weights_only=True"
+                )
+    assert loads >= 1  # the scan sees _checkpoint.load_checkpoint's call

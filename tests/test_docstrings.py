@@ -77,7 +77,17 @@ EXAMPLES = [
 
 def test_examples_are_found() -> None:
     documented = {param.id.rsplit("-", 1)[0].rsplit(".", 1)[-1] for param in EXAMPLES}  # type: ignore[union-attr]
-    for name in ("AutoHyperSampler", "MORLPruner", "RecurringLR", "KnowledgeGainTracker", "fit"):
+    for name in (
+        "AutoHyperSampler",
+        "MORLPruner",
+        "RecurringLR",
+        "KnowledgeGainTracker",
+        "fit",
+        "SGDHD",
+        "AdamHD",
+        "lr_range_test",
+        "LRRangeTestResult",
+    ):
         assert name in documented
 
 

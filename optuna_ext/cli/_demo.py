@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING
 import warnings
 
+import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
@@ -86,6 +87,22 @@ class DemoContext:
 
     def study_name(self, method: str) -> str:
         return f"{self.prefix}{method}"
+
+    def sampler_seed(self, study_name: str) -> int:
+        """The seed of a study's sampler: ``seed`` for a new study, and for one that already
+        holds trials (a resumed run) a seed derived from ``seed`` and their number.
+
+        A sampler seeded as in the first run would draw the first run's random configurations
+        again (TPE's startup trials, any RandomSampler), re-training them for nothing.
+        """
+        try:
+            study_id = self.storage.get_study_id_from_name(study_name)
+        except KeyError:
+            return self.seed
+        n_trials = len(self.storage.get_all_trials(study_id, deepcopy=False))
+        if n_trials == 0:
+            return self.seed
+        return int(np.random.SeedSequence([self.seed, n_trials]).generate_state(1)[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +183,7 @@ def demo_tpe(ctx: DemoContext) -> list[DemoRow]:
         study_name=name,
         storage=ctx.storage,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=ctx.seed),
+        sampler=optuna.samplers.TPESampler(seed=ctx.sampler_seed(name)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
     )
     start = time.perf_counter()
@@ -239,7 +256,7 @@ def demo_morl(ctx: DemoContext) -> list[DemoRow]:
             study_name=name,
             storage=ctx.storage,
             direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=ctx.seed),
+            sampler=optuna.samplers.TPESampler(seed=ctx.sampler_seed(name)),
             pruner=pruner,
         )
         start = time.perf_counter()
@@ -551,4 +568,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\nBrowse the studies:  optuna-dashboard '{shown}' --artifact-dir '{args.artifact_dir}'"
     )
+    if shown != args.storage and ":***@" in shown:
+        print(
+            "(The storage URL is shown without its password: type it in place of ***, or "
+            "leave it out of the URL and set it in the environment, e.g. PGPASSWORD.)"
+        )
     return 0

@@ -18,6 +18,7 @@ from optuna_ext.hyperdyn._tuner import HyperdynResult
 from optuna_ext.hyperdyn._tuner import HyperdynTuner
 from optuna_ext.hyperdyn._tuner import PLOT_ID
 from optuna_ext.hyperdyn._tuner import set_optimizer_params
+from optuna_ext.hyperdyn._tuner import TREND_TESTS
 
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "HyperdynTuner",
     "MemoryArtifactStore",
     "PLOT_ID",
+    "TREND_TESTS",
     "check_accuracy_trend",
     "default_search_space",
     "fit_hyperdyn",

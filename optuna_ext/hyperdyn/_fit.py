@@ -87,7 +87,11 @@ def make_task_functions(
         batch_size: The training batch size.
         seed: The seed of the data order.
         device: The device of the model.
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer (checked here, before training).
     """
+    make_loader(data.train, batch_size=batch_size, shuffle=True, seed=seed)  # validates
 
     def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> float:
         loader = make_loader(
@@ -117,6 +121,7 @@ def fit_hyperdyn(
     offset: float = 0.01,
     greedy: bool = False,
     random_factor: int | None = None,
+    trend_test: str = "paper",
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> HyperdynResult:
@@ -163,6 +168,8 @@ def fit_hyperdyn(
         offset: The offset of the trend test (paper: 0.01).
         greedy: Run the epoch-based BO baseline instead.
         random_factor: Run the random-search baseline with this many candidates per epoch.
+        trend_test: ``"paper"`` (Algorithm 5) or ``"compare"`` (a variant that also weighs
+            the two candidates; see :class:`HyperdynTuner`).
         seed: The seed of the data order, the sampler (when it is created here) and the
             tuner.
         device: The device to train on.
@@ -192,6 +199,7 @@ def fit_hyperdyn(
         greedy=greedy,
         random_factor=random_factor,
         seed=seed,
+        trend_test=trend_test,
     )
     result = tuner.run(epochs=epochs)
     test = evaluate_model(model, data.test, device=device).accuracy

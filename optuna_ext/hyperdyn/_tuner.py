@@ -52,6 +52,11 @@ USER_ATTR_FAILURE = "hyperdyn:failure"
 PLOT_ID = "hyperdyn-lr"
 """The ``graph_object_id`` of the chosen-rate figure saved with optuna-dashboard."""
 
+TREND_TESTS = ("paper", "compare")
+"""The values of :class:`HyperdynTuner`'s ``trend_test``."""
+# Settings added after the first release: a stored config without them had the default.
+_CONFIG_DEFAULTS: dict[str, Any] = {"trend_test": "paper"}
+
 _STREAM_TRAIN = 0
 _STREAM_TREND = 1
 _STREAM_RANDOM = 2
@@ -214,14 +219,24 @@ class HyperdynTuner:
     GP but not the decision (Algorithm 4, lines 7-13), and a rejected proposal does not
     restore older weights. BO runs every epoch, also when the incumbent is kept.
 
+    **Trend-test variant (an option, not the paper).** ``trend_test="compare"`` also weighs
+    the two candidates of the current epoch: the rise of the trend is replaced by
+    ``min(rise, lead)``, ``lead`` the incumbent's metric minus the proposal's, so a proposal
+    that beat the incumbent by ``d`` is taken with probability at least
+    ``1 - exp(-metric_scale * d / T - b)`` even when the trend is rising (see
+    :func:`check_accuracy_trend`). It only adds switches to the paper's test, with the same
+    draw ``u``. The default ``"paper"`` is Algorithm 5 as written.
+
     **Resuming.** After each epoch the kept model and optimizer state is saved in
     ``artifact_store`` as an artifact of the kept trial, and the epoch's record (the kept
     hyper-parameters and metric, the artifact id, the draw ``u``) is written to the study's
-    system attrs, last (the commit). A new tuner on the same study (same storage, same
-    settings, a :class:`~optuna_ext.samplers.HyperdynSampler` with the same seed) continues
-    after the last committed epoch: it loads the checkpoint into ``model`` and
-    ``optimizer``, marks the trials of an unfinished epoch FAIL, and carries on with the
-    same hyper-parameters. The draw ``u`` of epoch ``t``, the random candidates and the
+    system attrs (the commit); then the candidates' trials are told. A new tuner on the same
+    study (same storage, same settings, a :class:`~optuna_ext.samplers.HyperdynSampler` with
+    the same seed) continues after the last committed epoch: it loads the checkpoint into
+    ``model`` and ``optimizer``, tells the candidates of a committed epoch that a killed
+    process left RUNNING as the record says, marks the trials of an unfinished epoch FAIL
+    (each trial carries its epoch from its creation, so none is missed), and carries on with
+    the same hyper-parameters. The draw ``u`` of epoch ``t``, the random candidates and the
     torch seed of each candidate's training are derived from ``(seed, t)``, so a resumed run
     ends identical to an uninterrupted one (on the CPU with a fixed number of threads, and
     given a ``train_epoch`` whose data order depends only on the epoch it is passed). Use one
@@ -330,6 +345,11 @@ class HyperdynTuner:
             :obj:`None` uses :func:`set_optimizer_params`.
         plot:
             Save the chosen-rate figure to the study at the end of :meth:`run`.
+        trend_test:
+            ``"paper"`` (the default): Algorithm 5 on the kept weights' trend alone.
+            ``"compare"``: also weigh the incumbent's lead over the proposal in the current
+            epoch (a variant that is not in the paper; see above). Only for Hyperdyn itself,
+            not with ``greedy`` or ``random_factor``.
     """
 
     def __init__(
@@ -352,8 +372,18 @@ class HyperdynTuner:
         seed: int = 0,
         apply_params: Callable[[torch.optim.Optimizer, Mapping[str, float]], None] | None = None,
         plot: bool = True,
+        trend_test: str = "paper",
     ) -> None:
         check_trend_args(window, temperature, offset, metric_scale)
+        if trend_test not in TREND_TESTS:
+            raise ValueError(
+                f"The value of `trend_test` is {trend_test!r}, but must be one of {TREND_TESTS}."
+            )
+        if trend_test != "paper" and (greedy or random_factor is not None):
+            raise ValueError(
+                f"The value of `trend_test` is {trend_test!r}, but the baselines (`greedy`, "
+                "`random_factor`) run no trend test: leave it at 'paper'."
+            )
         if isinstance(n_random_start, bool) or not isinstance(n_random_start, int):
             raise ValueError(
                 f"The value of `n_random_start` is {n_random_start!r}, but must be an int."
@@ -423,6 +453,7 @@ class HyperdynTuner:
         self._seed = int(seed)
         self._apply = apply_params if apply_params is not None else set_optimizer_params
         self._plot = plot
+        self._trend_test = trend_test
 
     # -- storage -----------------------------------------------------------------------------
 
@@ -438,6 +469,7 @@ class HyperdynTuner:
             "greedy": self._greedy,
             "random_factor": self._random_factor,
             "seed": self._seed,
+            "trend_test": self._trend_test,
         }
 
     def _system_attrs(self) -> dict[str, Any]:
@@ -461,6 +493,7 @@ class HyperdynTuner:
         if stored is None:
             self._set_study_attr(CONFIG_KEY, config)
             return
+        stored = {**_CONFIG_DEFAULTS, **stored}
         differing = sorted(k for k in config if stored.get(k) != config[k])
         if differing:
             shown = ", ".join(
@@ -490,10 +523,31 @@ class HyperdynTuner:
                 "was marked FAIL."
             )
 
+    def _tell_committed(self, records: list[dict[str, Any]]) -> None:
+        """Tell the candidates of committed epochs that a killed process left RUNNING."""
+        running = {
+            t.number: t
+            for t in self._study._get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,), use_cache=False
+            )
+        }
+        if not running:
+            return
+        for record in records:
+            for outcome in record.get("outcomes", ()):
+                frozen = running.get(int(outcome["number"]))
+                if frozen is not None:
+                    self._tell(frozen._trial_id, outcome)
+                    _logger.info(
+                        f"Hyperdyn: trial {frozen.number} of the finished epoch "
+                        f"{record['epoch']} was told as recorded."
+                    )
+
     def _restore(self) -> _State:
         self._check_config()
         records = self._records()
         last = len(records) - 1
+        self._tell_committed(records)
         self._discard_unfinished(last)
         attrs = self._system_attrs()
         if not records:
@@ -552,13 +606,11 @@ class HyperdynTuner:
 
     def _ask(self, t: int, role: str, fixed: Mapping[str, float] | None = None) -> _Candidate:
         attrs = {USER_ATTR_EPOCH: t, USER_ATTR_ROLE: role}
-        if fixed is not None:
-            self._study.enqueue_trial({self._time_param: float(t), **fixed}, user_attrs=attrs)
-            trial = self._study.ask()
-        else:
-            trial = self._study.ask()
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
+        # Enqueued, so that the trial has its user attrs from its creation: a process killed
+        # right after `ask` leaves a trial that the next run recognizes and discards.
+        params = {} if fixed is None else {self._time_param: float(t), **fixed}
+        self._study.enqueue_trial(params, user_attrs=attrs)
+        trial = self._study.ask()
         return _Candidate(trial=trial, role=role, params=self._suggest(trial, t))
 
     def _random_params(self, t: int, count: int) -> list[dict[str, float]]:
@@ -644,9 +696,11 @@ class HyperdynTuner:
 
         u: float | None = None
         p_keep: float | None = None
+        lead: float | None = None
         if not ok:
             for c in candidates:
-                self._finish(c, t, kept=False)
+                outcome = _outcome(c, kept=False, reference=math.nan, scale=self._metric_scale)
+                self._tell(c.trial._trial_id, outcome)
             reasons = "; ".join(f"trial {c.trial.number}: {c.failure}" for c in candidates)
             raise RuntimeError(f"Every candidate of epoch {t} failed ({reasons}).")
         if t == 0 or self._random_factor is not None:
@@ -654,12 +708,20 @@ class HyperdynTuner:
             switched = True if t == 0 else kept.params != state.params
         else:
             u = float(np.random.default_rng(_derived_seed(self._seed, _STREAM_TREND, t)).random())
+            incumbent, proposal = candidates
+            if (
+                self._trend_test == "compare"
+                and incumbent.failure is None
+                and proposal.failure is None
+            ):
+                lead = incumbent.accuracy - proposal.accuracy
             p_keep = keep_probability(
                 state.history,
                 window=self._window,
                 temperature=self._temperature,
                 offset=self._offset,
                 metric_scale=self._metric_scale,
+                lead=lead,
             )
             keep = check_accuracy_trend(
                 state.history,
@@ -667,9 +729,9 @@ class HyperdynTuner:
                 temperature=self._temperature,
                 offset=self._offset,
                 metric_scale=self._metric_scale,
+                lead=lead,
                 u=u,
             )
-            incumbent, proposal = candidates
             kept = incumbent if keep else proposal
             if kept.failure is not None:
                 kept = proposal if kept is incumbent else incumbent
@@ -684,10 +746,10 @@ class HyperdynTuner:
             study_or_trial=kept.trial,
             filename=f"hyperdyn-epoch-{t}.pt",
         )
-        for c in candidates:
-            if c is not kept:
-                self._finish(c, t, kept=False, reference=reference)
-        self._finish(kept, t, kept=True, reference=reference)
+        outcomes = [
+            _outcome(c, kept=c is kept, reference=reference, scale=self._metric_scale)
+            for c in candidates
+        ]
         last_change = t if switched else state.last_change
         record = {
             "epoch": t,
@@ -699,10 +761,19 @@ class HyperdynTuner:
             "last_change": last_change,
             "u": u,
             "keep_probability": p_keep,
+            "lead": lead,
             "candidates": [c.trial.number for c in candidates],
             "initial_accuracy": state.initial_accuracy,
+            "outcomes": outcomes,
         }
+        # The record is the commit, and the candidates are told after it: a process killed in
+        # between leaves RUNNING trials that the next run tells from the record. (Told before,
+        # they would stay COMPLETE in an epoch that is then run again, and the GP of the later
+        # epochs would see that epoch twice.)
         self._set_study_attr(f"{EPOCH_KEY_PREFIX}{t}", record)
+        pairs = sorted(zip(candidates, outcomes, strict=True), key=lambda co: co[0] is kept)
+        for c, outcome in pairs:  # the kept one last, as before
+            self._tell(c.trial._trial_id, outcome)
         return _State(
             epoch=t,
             params=dict(kept.params),
@@ -711,18 +782,17 @@ class HyperdynTuner:
             initial_accuracy=state.initial_accuracy,
         )
 
-    def _finish(
-        self, candidate: _Candidate, t: int, *, kept: bool, reference: float = math.nan
-    ) -> None:
-        trial = candidate.trial
-        trial.set_user_attr(USER_ATTR_KEPT, kept)
-        if candidate.failure is not None:
-            trial.set_user_attr(USER_ATTR_FAILURE, candidate.failure)
-            self._study.tell(trial, state=TrialState.FAIL)
+    def _tell(self, trial_id: int, outcome: Mapping[str, Any]) -> None:
+        """Finish a candidate's trial as its epoch's record says."""
+        storage = self._study._storage
+        storage.set_trial_user_attr(trial_id, USER_ATTR_KEPT, bool(outcome["kept"]))
+        number = storage.get_trial_number_from_id(trial_id)
+        if outcome["failure"] is not None:
+            storage.set_trial_user_attr(trial_id, USER_ATTR_FAILURE, outcome["failure"])
+            self._study.tell(number, state=TrialState.FAIL)
             return
-        trial.set_user_attr(USER_ATTR_ACCURACY, candidate.accuracy)
-        acc_diff = self._metric_scale * (candidate.accuracy - reference)
-        self._study.tell(trial, acc_diff)
+        storage.set_trial_user_attr(trial_id, USER_ATTR_ACCURACY, outcome["accuracy"])
+        self._study.tell(number, outcome["value"])
 
     # -- public API --------------------------------------------------------------------------
 
@@ -776,6 +846,21 @@ class HyperdynTuner:
         trials = self._study._get_trials(deepcopy=False, use_cache=False)
         figure = plot_chosen_params(records, trials, self._time_param, list(self._space))
         save_plotly_graph_object(self._study, figure, graph_object_id=PLOT_ID)
+
+
+def _outcome(
+    candidate: _Candidate, *, kept: bool, reference: float, scale: float
+) -> dict[str, Any]:
+    """What a candidate's trial is told: its metric and ``acc_diff``, or its failure."""
+    if candidate.failure is not None:
+        return {"number": candidate.trial.number, "kept": kept, "failure": candidate.failure}
+    return {
+        "number": candidate.trial.number,
+        "kept": kept,
+        "failure": None,
+        "accuracy": candidate.accuracy,
+        "value": scale * (candidate.accuracy - reference),
+    }
 
 
 def _is_bad_number(value: object) -> bool:

@@ -90,9 +90,9 @@ def _validate_options(tall_policy: str, rtol: float, atol: float, svd_method: st
             f"The value of `tall_policy` is {tall_policy!r}, but must be one of "
             f"{', '.join(repr(p) for p in _TALL_POLICIES)}."
         )
-    if not (rtol >= 0.0 and atol >= 0.0 and rtol + atol > 0.0):
+    if not (0.0 <= rtol < math.inf and 0.0 <= atol < math.inf and rtol + atol > 0.0):
         raise ValueError(
-            f"The values of `rtol` and `atol` are {rtol} and {atol}, but must be "
+            f"The values of `rtol` and `atol` are {rtol} and {atol}, but must be finite with "
             "`rtol >= 0`, `atol >= 0` and `rtol + atol > 0`."
         )
     if svd_method not in _SVD_METHODS:
@@ -413,6 +413,10 @@ def evbmf_batch(
     n_matrices, n_rows, n_cols = matrices.shape
     if n_matrices == 0:
         return []
+    if not bool(torch.isfinite(matrices).all()):
+        raise ValueError(
+            "The value of `matrices` holds NaN or infinite entries, but EVBMF needs finite ones."
+        )
     solution = _solve_padded(
         _singular_values(matrices, svd_method),
         [(n_rows, n_cols)] * n_matrices,

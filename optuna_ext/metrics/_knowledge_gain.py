@@ -146,6 +146,15 @@ def _tracked_weights(model: nn.Module, include_linear: bool) -> list[tuple[str, 
     return weights
 
 
+def _check_finite_weights(weights: list[tuple[str, torch.Tensor]]) -> None:
+    name = next((name for name, w in weights if not bool(torch.isfinite(w).all())), None)
+    if name is not None:
+        raise ValueError(
+            f"The model's weight `{name}` holds NaN or infinite values, but the knowledge gain "
+            "needs finite weights (did training diverge?)."
+        )
+
+
 def _unfolded_shape(weight: torch.Tensor, mode: int) -> tuple[int, int]:
     n_out, n_in = int(weight.shape[0]), int(weight.shape[1])
     kernel = weight[0, 0].numel() if weight.ndim == 4 else 1
@@ -213,6 +222,10 @@ def _knowledge_gains(
                 weight, mode = unfoldings[i]
                 _write_unfolding(slot, weight, mode, transposed=shapes[i][0] != short)
             _lower_gram(stack, out=gram[start : start + len(chunk)])
+        # A NaN or infinite weight makes the diagonal of its Gram matrix (sums of squares of
+        # rows) NaN or infinite; the check costs a pass over the small diagonals only.
+        if not bool(torch.isfinite(gram.diagonal(dim1=-2, dim2=-1)).all()):
+            _check_finite_weights(weights)
         values = _singular_values_from_gram(gram).to(device)
         singular_values[torch.tensor(members, device=device), :short] = values
 

@@ -426,14 +426,13 @@ class AdamHD(_HypergradientOptimizer):
     reference code (``gbaydin/hypergradient-descent``, ``hypergrad/adam_hd.py``) updates the
     rate tensor by tensor inside its loop over the parameters, so each tensor steps with a
     rate already moved by the hypergradients of the tensors before it (its issue #9);
-    ``paper_exact=False`` reproduces that order. Two smaller differences are kept in both
-    modes: the previous direction is the exact direction of this optimizer's previous step
-    (the reference, written for an older Adam, adds ``eps`` before the bias correction of
-    ``v``, which differs by a term of order ``eps``), and several parameter groups are
-    supported (each group's rate adapts from its own parameters' hypergradient, with its own
-    ``hypergrad_lr`` and ``lr_min``; the reference shares one rate across groups in its loop).
-    ``p.grad`` is never modified in place. A parameter without a gradient in a step
-    contributes nothing to the next step's hypergradient.
+    ``paper_exact=False`` reproduces that order. In both modes the previous direction is the
+    exact direction of this optimizer's previous step; the reference, written for an older
+    Adam that adds ``eps`` to ``sqrt(v)`` before the bias correction, uses that step's
+    direction, which differs by a term of order ``eps``. Each parameter group's rate adapts
+    from its own parameters' hypergradient, with its own ``hypergrad_lr`` and ``lr_min`` (as
+    in the reference Adam-HD). ``p.grad`` is never modified in place. A parameter without a
+    gradient in a step contributes nothing to the next step's hypergradient.
 
     **Negative rates.** Without a clamp (``lr_min=None``, as in the reference code) the rate is
     free to go below 0 (reference issues #1 and #4); ``lr_min=0.0`` keeps it above. A

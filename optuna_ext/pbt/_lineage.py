@@ -29,6 +29,17 @@ LINEAGE_PLOT_ID = "pbt-lineage"
 """The ``graph_object_id`` of the lineage figure saved to the study for optuna-dashboard."""
 SCHEDULE_PLOT_ID = "pbt-schedule"
 """The ``graph_object_id`` of the best member's hyper-parameter schedule figure."""
+DASHBOARD_PLOT_HEIGHT = 450
+"""The height in pixels of the box optuna-dashboard (0.21) draws a saved figure in; a taller
+figure is cut off there."""
+_LEGEND_ABOVE_PLOT = {
+    "orientation": "h",
+    "yanchor": "bottom",
+    "y": 1.02,
+    "xanchor": "left",
+    "x": 0,
+}
+"""A legend in one row between the title and the plot, clear of a colorbar on the right."""
 
 
 def _population(study: optuna.Study) -> Population:
@@ -270,12 +281,19 @@ def plot_lineage(study: optuna.Study) -> go.Figure:
         xaxis_title="generation",
         yaxis_title="member",
         yaxis={"dtick": 1},
+        legend=_LEGEND_ABOVE_PLOT,
         template="plotly_white",
     )
     return fig
 
 
-def plot_schedule(study: optuna.Study, trial: FrozenTrial | None = None) -> go.Figure:
+def plot_schedule(
+    study: optuna.Study,
+    trial: FrozenTrial | None = None,
+    *,
+    columns: int = 1,
+    height: int | None = None,
+) -> go.Figure:
     """The best member's hyper-parameter schedule: each parameter and the score per generation.
 
     Args:
@@ -283,27 +301,49 @@ def plot_schedule(study: optuna.Study, trial: FrozenTrial | None = None) -> go.F
             A study run with :class:`~optuna_ext.samplers.PBTSampler`.
         trial:
             The last segment of the lineage; defaults to :func:`best_member_trial`.
+        columns:
+            Panels per row (one panel per parameter, and one for the score).
+        height:
+            The figure's height in pixels; defaults to 220 per row of panels.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    if isinstance(columns, bool) or not isinstance(columns, int):
+        raise TypeError(f"The value of `columns` is {columns!r}, but must be an int.")
+    if columns < 1:
+        raise ValueError(f"The value of `columns` is {columns}, but must be `columns >= 1`.")
+    if height is not None and (isinstance(height, bool) or not isinstance(height, int)):
+        raise TypeError(f"The value of `height` is {height!r}, but must be an int or None.")
+    if height is not None and height < 100:
+        raise ValueError(f"The value of `height` is {height}, but must be `height >= 100`.")
     chain = lineage(study, trial)
     names: list[str] = []
     for t in chain:
         names += [n for n in t.params if n not in names]
-    rows = len(names) + 1
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, subplot_titles=names + ["score"])
+    panels = len(names) + 1
+    columns = min(columns, panels)
+    rows = math.ceil(panels / columns)
+    fig = make_subplots(
+        rows=rows,
+        cols=columns,
+        shared_xaxes=True,
+        subplot_titles=names + ["score"],
+    )
     generations = [_generation(t) for t in chain]
-    for i, name in enumerate(names, start=1):
+
+    def cell(i: int) -> dict[str, int]:
+        return {"row": i // columns + 1, "col": i % columns + 1}
+
+    for i, name in enumerate(names):
         values = [t.params.get(name) for t in chain]
         fig.add_trace(
             go.Scatter(x=generations, y=values, mode="lines+markers", line_shape="hv", name=name),
-            row=i,
-            col=1,
+            **cell(i),
         )
         dist = next((t.distributions[name] for t in chain if name in t.distributions), None)
         if isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log:
-            fig.update_yaxes(type="log", row=i, col=1)
+            fig.update_yaxes(type="log", **cell(i))
     fig.add_trace(
         go.Scatter(
             x=generations,
@@ -311,13 +351,15 @@ def plot_schedule(study: optuna.Study, trial: FrozenTrial | None = None) -> go.F
             mode="lines+markers",
             name="score",
         ),
-        row=rows,
-        col=1,
+        **cell(panels - 1),
     )
-    fig.update_xaxes(title_text="generation", row=rows, col=1)
+    for i in range(panels):
+        # The bottom panel of each column carries the x axis title.
+        if i + columns >= panels:
+            fig.update_xaxes(title_text="generation", **cell(i))
     fig.update_layout(
         title="Best member's hyper-parameter schedule",
-        height=220 * rows,
+        height=220 * rows if height is None else height,
         showlegend=False,
         template="plotly_white",
     )
@@ -328,7 +370,8 @@ def save_dashboard_plots(study: optuna.Study) -> None:
     """Save :func:`plot_lineage` and :func:`plot_schedule` to the study for optuna-dashboard.
 
     They are stored under the fixed ids :data:`LINEAGE_PLOT_ID` and :data:`SCHEDULE_PLOT_ID`,
-    so saving again replaces them.
+    so saving again replaces them. The schedule is laid out two panels a row to fit the
+    dashboard's box (:data:`DASHBOARD_PLOT_HEIGHT` pixels high).
     """
     import optuna_dashboard
 
@@ -338,5 +381,7 @@ def save_dashboard_plots(study: optuna.Study) -> None:
         study, plot_lineage(study), graph_object_id=LINEAGE_PLOT_ID
     )
     optuna_dashboard.save_plotly_graph_object(
-        study, plot_schedule(study), graph_object_id=SCHEDULE_PLOT_ID
+        study,
+        plot_schedule(study, columns=2, height=DASHBOARD_PLOT_HEIGHT),
+        graph_object_id=SCHEDULE_PLOT_ID,
     )

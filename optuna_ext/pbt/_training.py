@@ -175,6 +175,13 @@ def training_segment(
             f"The value of `epochs_per_generation` is {epochs_per_generation}, but must be "
             "`epochs_per_generation >= 1`."
         )
+    _check_range("lr", lr, positive=True)
+    _check_range("momentum", momentum, below_one=True)
+    _check_range("weight_decay", weight_decay, positive=True)
+    # Fail now rather than in every member's first segment: an unknown model, one that does
+    # not fit the data, or a bad batch size.
+    build_model(model, data=data, seed=seed)
+    make_loader(data.train, batch_size=batch_size, shuffle=True, seed=seed)
 
     def segment(trial: optuna.Trial, model_state: dict[str, Any]) -> float:
         start = time.perf_counter()
@@ -204,6 +211,31 @@ def training_segment(
         return valid.accuracy
 
     return segment
+
+
+def _check_range(
+    name: str, bounds: Any, *, positive: bool = False, below_one: bool = False
+) -> None:
+    """Raise a ``ValueError`` unless ``bounds`` is a ``(low, high)`` pair of finite numbers with
+    ``low <= high`` (and ``low > 0`` for a log-scale range, ``0 <= low``, ``high < 1`` for a
+    momentum)."""
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"The value of `{name}` is {bounds!r}, but must be a pair `(low, high)` of numbers."
+        ) from None
+    rule = "`0 < low <= high`" if positive else "`0 <= low <= high < 1`" if below_one else ""
+    ok = np.isfinite([low, high]).all() and low <= high
+    if positive:
+        ok = ok and low > 0.0
+    if below_one:
+        ok = ok and 0.0 <= low and high < 1.0
+    if not ok:
+        raise ValueError(
+            f"The value of `{name}` is {tuple(bounds)}, but must be finite with "
+            f"{rule or '`low <= high`'}."
+        )
 
 
 def run_digits(
@@ -282,20 +314,27 @@ def run_digits(
     from optuna_ext.samplers._pbt import PBTSampler
     from optuna_ext.tasks import load_digits
 
+    sampler = PBTSampler(population_size=population_size, pb2=pb2, seed=seed)
+    data = data if data is not None else load_digits()
+    segment = training_segment(
+        data, model=model, epochs_per_generation=epochs_per_generation, seed=seed
+    )
+    # Checked again by `run`; here so that nothing is created for a run that cannot start.
+    if isinstance(n_generations, bool) or not isinstance(n_generations, int) or n_generations < 1:
+        raise ValueError(
+            f"The value of `n_generations` is {n_generations}, but must be `n_generations >= 1`."
+        )
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"The value of `timeout` is {timeout}, but must be `timeout > 0`.")
     if isinstance(artifact_store, (str, os.PathLike)):
         os.makedirs(artifact_store, exist_ok=True)
         store: ArtifactStore = FileSystemArtifactStore(os.fspath(artifact_store))
     else:
         store = artifact_store
-    sampler = PBTSampler(population_size=population_size, pb2=pb2, seed=seed)
     if storage is None:
         study = optuna.create_study(study_name=study_name, direction="maximize", sampler=sampler)
     else:
         study = load_or_create_study(
             study_name=study_name, storage=storage, direction="maximize", sampler=sampler
         )
-    data = data if data is not None else load_digits()
-    segment = training_segment(
-        data, model=model, epochs_per_generation=epochs_per_generation, seed=seed
-    )
     return run(study, segment, n_generations=n_generations, artifact_store=store, timeout=timeout)

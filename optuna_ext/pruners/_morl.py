@@ -71,6 +71,12 @@ class MORLPruner(BasePruner):
     trial is not pruned. Minimize and maximize are both supported; multi-objective studies
     are not (``NotImplementedError``, as Optuna's ``should_prune`` raises).
 
+    A trial killed with its process and retried by Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` (see the README, "Resume after a kill") is judged
+    again from its first rung end, and the killed original no longer competes: with a
+    deterministic objective and a sampler that draws the same parameters after a restart,
+    the promotions are those of an uninterrupted run.
+
     Differences from the paper, on purpose:
 
     - The paper runs synchronous rounds (every configuration of a round trains, then the top

@@ -105,6 +105,43 @@ def completed_rung_key(prefix: str, rung: int) -> str:
     return f"{prefix}:completed_rung_{rung}"
 
 
+def recorded_by_key(prefix: str) -> str:
+    """Return the trial system attr key of a retry's own rung records.
+
+    Optuna's ``RetryHeartbeatStaleTrialCallback`` re-enqueues a killed trial as a copy that
+    inherits all its system attrs, rung records included. A copy keeps here
+    ``[its number, the number of rungs it has recorded itself]``, so that it tells its own
+    records from the inherited ones (ordinary trials do not write it).
+    """
+    return f"{prefix}:rungs_recorded_by"
+
+
+_RETRIED_FROM_KEY = "failed_trial"
+"""Trial system attr of Optuna's retry copies: the number of the original trial."""
+_RETRY_HISTORY_KEY = "retry_history"
+"""Trial system attr of Optuna's retry copies: the numbers of the trials they retry."""
+
+
+def retried_trial_numbers(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
+    """The numbers of the trials that a retry copy of Optuna's retry callback replaces."""
+    return {
+        int(n)
+        for t in trials
+        for n in t.system_attrs.get(_RETRY_HISTORY_KEY, ())
+        if isinstance(n, int) and not isinstance(n, bool)
+    }
+
+
+def _own_rungs(trial: optuna.trial.FrozenTrial, prefix: str) -> int | None:
+    """How many rungs a retry copy has recorded itself; :obj:`None` for an ordinary trial."""
+    if _RETRIED_FROM_KEY not in trial.system_attrs:
+        return None
+    owner = trial.system_attrs.get(recorded_by_key(prefix))
+    if isinstance(owner, list) and len(owner) == 2 and owner[0] == trial.number:
+        return int(owner[1])
+    return 0  # everything it holds was inherited (from the original, or an earlier copy)
+
+
 def get_current_rung(trial: optuna.trial.FrozenTrial, prefix: str) -> int:
     """Return the number of rungs the trial has completed (consecutive recorded keys)."""
     rung = 0
@@ -160,6 +197,13 @@ def prune_at_rung_ends(
     otherwise the trial continues only if at least ``bootstrap_count + 1`` trials completed the
     rung and its value is promotable (:func:`is_promotable`) among them.
 
+    Retries of killed trials (Optuna's ``RetryHeartbeatStaleTrialCallback``): the copy inherits
+    the original's system attrs, so its rung records are not its own (it counts those it wrote
+    itself in ``"{prefix}:rungs_recorded_by"``); the copy is judged again at every rung end,
+    as the original was (the original may have been killed between recording a rung and being
+    pruned there). The records of a trial that a copy retries do not compete:
+    the copy's stand for them, so the trial is counted once.
+
     Args:
         study:
             The study, or the bracket study whose trials compete.
@@ -180,8 +224,10 @@ def prune_at_rung_ends(
     step = trial.last_step
     if step is None:
         return False
-    rung = get_current_rung(trial, prefix)
+    own = _own_rungs(trial, prefix)
+    rung = get_current_rung(trial, prefix) if own is None else own
     trials: list[optuna.trial.FrozenTrial] | None = None
+    retried: set[int] = set()
     while rung < len(boundaries):
         rung_end = boundaries[rung]
         if step < rung_end:
@@ -192,13 +238,20 @@ def prune_at_rung_ends(
         key = completed_rung_key(prefix, rung)
         if trials is None:
             trials = study.get_trials(deepcopy=False)
+            retried = retried_trial_numbers(trials)
         study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        if own is not None:
+            own = rung + 1
+            study._storage.set_trial_system_attr(
+                trial._trial_id, recorded_by_key(prefix), [trial.number, own]
+            )
         if rung == len(boundaries) - 1:
             return False
         competing = [
             float(t.system_attrs[key])
             for t in trials
             if t._trial_id != trial._trial_id
+            and t.number not in retried
             and key in t.system_attrs
             and math.isfinite(t.system_attrs[key])
         ]

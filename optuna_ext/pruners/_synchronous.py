@@ -227,8 +227,12 @@ class SynchronousMORL:
     ``train_fn`` is deterministic (and, for a run interrupted in its first round, when the
     sampler draws the remaining configurations as it would have). Values ``train_fn``
     reported in the interrupted round before the crash stay, and its second reports of those
-    steps are ignored by Optuna with a warning. The checkpoints of pruned trials are removed; each
-    completed trial keeps its final one. One process at a time may run a study's rounds.
+    steps are ignored by Optuna with a warning. A trial that a killed run had just asked for
+    (the study's newest trial, RUNNING, with no parameters and no bracket yet) is taken over
+    rather than left RUNNING. These trials run under ask-and-tell, so Optuna's heartbeat
+    never fails them: a resumed runner re-attaches them itself. The checkpoints of pruned
+    trials are removed; each completed trial keeps its final one. One process at a time may
+    run a study's rounds.
 
     Example:
 
@@ -501,7 +505,7 @@ class SynchronousMORL:
         for i in members:
             frozen = trials.get(i)
             if frozen is None:
-                trial = study.ask()
+                trial = self._new_trial(study)
                 study._storage.set_trial_system_attr(trial._trial_id, BRACKET_KEY, bracket)
                 study._storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, i)
             elif key in frozen.system_attrs or frozen.state != TrialState.RUNNING:
@@ -515,6 +519,30 @@ class SynchronousMORL:
         survivors = set() if is_last else set(self._participants(trials, rung + 1, maximize) or ())
         self._tell(study, trials, members, survivors, rung)
         return True
+
+    def _new_trial(self, study: optuna.Study) -> optuna.trial.Trial:
+        """Ask for a configuration's trial, or adopt the one a killed run had just asked for.
+
+        A run killed between ``study.ask()`` and writing the trial's configuration index leaves
+        the study's newest trial RUNNING, unlabelled and without parameters; it is taken over,
+        so that the trial numbers (and what a sampler seeded by them draws) stay those of an
+        uninterrupted run, and no trial is left RUNNING for ever.
+        """
+        trials = study.get_trials(deepcopy=False)
+        if trials:
+            newest = trials[-1]
+            if (
+                newest.state == TrialState.RUNNING
+                and CONFIG_KEY not in newest.system_attrs  # written after BRACKET_KEY
+                and not newest.params
+                and not newest.intermediate_values
+            ):
+                _logger.info(
+                    f"SynchronousMORL: trial {newest.number}, asked for by a run that stopped "
+                    "before it was used, is taken over."
+                )
+                return optuna.trial.Trial(study, newest._trial_id)
+        return study.ask()
 
     def _is_closed(
         self,

@@ -179,6 +179,15 @@ class RecurringLR(LRScheduler):
             raise ValueError(
                 f"The value of `cyclic_peak` is {cyclic_peak}, but must be `0 < cyclic_peak < 1`."
             )
+        if isinstance(last_epoch, bool) or not isinstance(last_epoch, numbers.Integral):
+            raise ValueError(
+                f"The value of `last_epoch` is {last_epoch!r}, but must be an integer "
+                "`last_epoch >= -1`."
+            )
+        if last_epoch < -1:
+            raise ValueError(
+                f"The value of `last_epoch` is {last_epoch}, but must be `last_epoch >= -1`."
+            )
 
         # The base rates LRScheduler.__init__ is about to record: an existing `initial_lr` wins,
         # as with its `group.setdefault("initial_lr", group["lr"])`.

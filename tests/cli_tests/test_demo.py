@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -91,3 +92,25 @@ def test_demo_on_sqlite(sqlite_url: str, tmp_path, capsys: pytest.CaptureFixture
 @pytest.mark.slow
 def test_demo_on_postgres(postgres_url: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     _check_demo_storage(postgres_url, str(tmp_path / "artifacts"), capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["tpe", "morl"])
+def test_a_resumed_demo_does_not_redraw_the_first_runs_configurations(
+    method: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first run stops after 2 trials per study; the resumed one is asked for 4. A TPE
+    # sampler seeded as before would draw the same random startup configurations again.
+    argv = ["demo", "--storage", sqlite_url, "--budget", "tiny", "--no-progress"]
+    argv += ["--methods", method]
+    tiny = BUDGETS["tiny"]
+    monkeypatch.setitem(BUDGETS, "tiny", dataclasses.replace(tiny, n_trials=2))
+    assert main(argv) == 0
+    monkeypatch.setitem(BUDGETS, "tiny", dataclasses.replace(tiny, n_trials=4))
+    assert main(argv) == 0
+    names = ["demo-tpe"] if method == "tpe" else ["demo-sha", "demo-morl"]
+    for name in names:
+        trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+        assert len(trials) == 4, name
+        first, resumed = [t.params for t in trials[:2]], [t.params for t in trials[2:]]
+        assert not any(p in first for p in resumed), (name, first, resumed)

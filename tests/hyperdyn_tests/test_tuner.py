@@ -21,8 +21,10 @@ from optuna_ext._checkpoint import CheckpointError
 from optuna_ext._checkpoint import load_checkpoint
 from optuna_ext._gp.box import UnitBox
 from optuna_ext.hyperdyn import check_accuracy_trend
+from optuna_ext.hyperdyn import keep_probability
 from optuna_ext.hyperdyn import MemoryArtifactStore
 from optuna_ext.hyperdyn import PLOT_ID
+from optuna_ext.hyperdyn._tuner import CONFIG_KEY
 from optuna_ext.hyperdyn._tuner import EPOCH_KEY_PREFIX
 from tests.hyperdyn_tests import _toy
 
@@ -112,6 +114,62 @@ def test_decisions_follow_check_accuracy_trend() -> None:
         kept = study.trials[record["kept_trial"]]
         assert kept.user_attrs["hyperdyn:role"] == ("incumbent" if keep else "proposal")
         assert record["last_change"] == max(e for e in range(t + 1) if records[e]["switched"])
+
+
+def test_compare_decisions_weigh_the_incumbents_lead() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(
+        study, MemoryArtifactStore(), window=2, offset=0.5, trend_test="compare"
+    )
+    result = tuner.run(epochs=5)
+    records = _records(study)
+    overruled = 0  # epochs where the paper's test would have kept the incumbent
+    for t in range(1, 5):
+        record = records[t]
+        by_role = {
+            study.trials[n].user_attrs["hyperdyn:role"]: study.trials[n]
+            for n in record["candidates"]
+        }
+        lead = (
+            by_role["incumbent"].user_attrs["hyperdyn:accuracy"]
+            - by_role["proposal"].user_attrs["hyperdyn:accuracy"]
+        )
+        assert record["lead"] == pytest.approx(lead)
+        history = result.accuracy[:t]
+        settings: dict[str, Any] = dict(window=2, offset=0.5, metric_scale=100.0)
+        keep = check_accuracy_trend(history, lead=lead, u=record["u"], **settings)
+        assert record["keep_probability"] == pytest.approx(
+            keep_probability(history, lead=lead, **settings)
+        )
+        assert record["switched"] == (not keep)
+        kept = study.trials[record["kept_trial"]]
+        assert kept.user_attrs["hyperdyn:role"] == ("incumbent" if keep else "proposal")
+        if not keep and check_accuracy_trend(history, u=record["u"], **settings):
+            overruled += 1
+    # The toy run exercises the variant: the proposal's lead overrules the trend at least once.
+    assert overruled >= 1
+
+
+def test_paper_test_records_no_lead() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(study, MemoryArtifactStore())
+    tuner.run(epochs=3)
+    assert [r["lead"] for r in _records(study)] == [None, None, None]
+
+
+def test_resume_of_a_run_stored_without_trend_test_uses_the_paper_test() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(study, MemoryArtifactStore())
+    tuner.run(epochs=2)
+    # A study written before the option existed has no `trend_test` in its stored config.
+    config = study._storage.get_study_system_attrs(study._study_id)[CONFIG_KEY]
+    del config["trend_test"]
+    study._storage.set_study_system_attr(study._study_id, CONFIG_KEY, config)
+    tuner.run(epochs=3)
+    assert len(_records(study)) == 3
+    other, _, _ = _toy.make_tuner(study, MemoryArtifactStore(), trend_test="compare")
+    with pytest.raises(ValueError, match="trend_test"):
+        other.run(epochs=4)
 
 
 def test_greedy_always_switches_to_the_proposal() -> None:
@@ -230,6 +288,9 @@ def test_non_numeric_metric_raises_type_error() -> None:
         ({"n_random_start": 0}, "n_random_start"),
         ({"random_factor": 0}, "random_factor"),
         ({"greedy": True, "random_factor": 5}, "at most one baseline"),
+        ({"trend_test": "trend"}, "trend_test"),
+        ({"trend_test": "compare", "greedy": True}, "run no trend test"),
+        ({"trend_test": "compare", "random_factor": 5}, "run no trend test"),
         ({"seed": -1}, "seed"),
         ({"search_space": {"nesterov_lr": FloatDistribution(0.1, 1.0)}}, "no `nesterov_lr`"),
         ({"search_space": {"epoch": FloatDistribution(0.0, 1.0)}}, "time parameter"),
@@ -397,3 +458,85 @@ def test_restart_from_sqlite_in_a_new_process_ends_identical(tmp_path: Any) -> N
     assert resumed["switched"] == [float(s) for s in whole.switched]
     for key, value in model.state_dict().items():
         assert torch.equal(value, resumed["weights"][key]), key
+
+
+def _candidates(study: optuna.Study) -> list[tuple[int, str, dict[str, Any], float | None]]:
+    """(epoch, role, params, value) of every candidate that finished, in order."""
+    return [
+        (t.user_attrs["hyperdyn:epoch"], t.user_attrs["hyperdyn:role"], t.params, t.value)
+        for t in study.trials
+        if t.state == TrialState.COMPLETE
+    ]
+
+
+@pytest.mark.parametrize("n_told", [1, 2])
+def test_crash_while_telling_the_candidates_of_an_epoch_resumes_identically(
+    n_told: int,
+) -> None:
+    # A process that dies after telling some candidates of epoch 3 must not leave COMPLETE
+    # trials of an epoch that is then run again: the GP of the later epochs would observe that
+    # epoch twice, and the random streams of the redone epoch would shift. The epoch's record
+    # is written first, and the next run tells the rest from it.
+    settings: dict[str, Any] = dict(window=2, offset=0.5, seed=1)
+    reference = _study(sampler=_toy.cheap_sampler(seed=1))
+    _toy.make_tuner(reference, MemoryArtifactStore(), **settings)[0].run(epochs=6)
+    assert any(r["switched"] for r in _records(reference)[1:])  # the decisions vary
+
+    store = MemoryArtifactStore()
+    study = _study(sampler=_toy.cheap_sampler(seed=1))
+    tell = study.tell
+    told = {"n": 0}
+
+    def crashing_tell(*args: Any, **kwargs: Any) -> optuna.trial.FrozenTrial:
+        frozen = tell(*args, **kwargs)
+        if frozen.user_attrs["hyperdyn:epoch"] == 3 and frozen.state == TrialState.COMPLETE:
+            told["n"] += 1
+            if told["n"] == n_told:
+                raise _Crash
+        return frozen
+
+    study.tell = crashing_tell  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        _toy.make_tuner(study, store, **settings)[0].run(epochs=6)
+    running = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(running) == 2 - n_told
+    resumed = optuna.load_study(
+        study_name=study.study_name, storage=study._storage, sampler=_toy.cheap_sampler(seed=1)
+    )
+    result = _toy.make_tuner(resumed, store, **settings)[0].run(epochs=6)
+    assert result.params == [r["params"] for r in _records(reference)]
+    assert result.accuracy == [r["accuracy"] for r in _records(reference)]
+    assert _candidates(resumed) == _candidates(reference)
+    assert len(resumed.trials) == len(reference.trials)  # nothing run twice, nothing failed
+    for number in running:
+        assert resumed.trials[number].user_attrs == reference.trials[number].user_attrs
+
+
+def test_a_trial_asked_by_a_killed_process_is_discarded_on_resume() -> None:
+    # Killed right after `ask` (before the tuner could say what the trial is for): the trial
+    # already carries its epoch, so the next run fails it instead of leaving it RUNNING (which
+    # would shift the random streams of the candidates asked after it).
+    settings: dict[str, Any] = dict(window=2, offset=0.5, seed=1)
+    reference = _study(sampler=_toy.cheap_sampler(seed=1))
+    _toy.make_tuner(reference, MemoryArtifactStore(), **settings)[0].run(epochs=4)
+    store = MemoryArtifactStore()
+    study = _study(sampler=_toy.cheap_sampler(seed=1))
+    _toy.make_tuner(study, store, **settings)[0].run(epochs=2)
+    ask = study.ask
+
+    def crashing_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+        ask(*args, **kwargs)
+        raise _Crash
+
+    study.ask = crashing_ask  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        _toy.make_tuner(study, store, **settings)[0].run(epochs=4)
+    orphan = study.trials[-1]
+    assert orphan.state == TrialState.RUNNING and orphan.user_attrs["hyperdyn:epoch"] == 2
+    resumed = optuna.load_study(
+        study_name=study.study_name, storage=study._storage, sampler=_toy.cheap_sampler(seed=1)
+    )
+    result = _toy.make_tuner(resumed, store, **settings)[0].run(epochs=4)
+    assert resumed.trials[orphan.number].state == TrialState.FAIL
+    assert result.params == [r["params"] for r in _records(reference)]
+    assert _candidates(resumed) == _candidates(reference)

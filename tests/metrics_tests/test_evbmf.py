@@ -262,11 +262,24 @@ def test_runs_on_the_device_of_the_input() -> None:
         ({"rtol": -1.0}, "-1.0"),
         ({"rtol": 0.0, "atol": 0.0}, "rtol"),
         ({"svd_method": "qr"}, "'qr'"),
+        ({"rtol": math.inf}, "are inf and 0.0, but must be finite"),
+        ({"atol": math.nan}, "and nan, but must be finite"),
     ],
 )
 def test_invalid_options(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         evbmf(torch.ones(3, 4), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_entries_are_refused(bad: float) -> None:
+    # Without the check, torch's eigh fails with an "ill-conditioned" LinAlgError.
+    matrix = torch.randn(5, 7, dtype=torch.float64)
+    matrix[2, 3] = bad
+    with pytest.raises(ValueError, match="NaN or infinite entries"):
+        evbmf(matrix)
+    with pytest.raises(ValueError, match="NaN or infinite entries"):
+        evbmf_batch(torch.stack([torch.ones(5, 7, dtype=torch.float64), matrix]))
 
 
 def test_invalid_shapes() -> None:

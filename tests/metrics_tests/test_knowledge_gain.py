@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -190,6 +192,16 @@ def test_include_linear_counts_linear_layers() -> None:
 def test_invalid_options(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         knowledge_gain_rank(small_cnn(), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_weights_name_the_layer(bad: float) -> None:
+    # A diverged network: the error names the weight instead of torch's LinAlgError.
+    model = small_cnn()
+    with torch.no_grad():
+        conv_weight(model[2])[0, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match="The model's weight `2.weight` holds NaN or infinite"):
+        knowledge_gain_rank(model)
 
 
 def test_does_not_touch_gradients_or_weights() -> None:

@@ -145,3 +145,14 @@ def test_invalid_arguments(model: nn.Module, kwargs: dict[str, Any], match: str)
 def test_include_linear_allows_mlp() -> None:
     tracker = KnowledgeGainTracker(nn.Linear(3, 4), include_linear=True)
     assert tracker() == 1.0
+
+
+def test_diverged_weights_raise_and_record_nothing() -> None:
+    model = small_cnn()
+    tracker = KnowledgeGainTracker(model)
+    assert tracker() == 1.0
+    with torch.no_grad():
+        conv_weight(model[0]).fill_(float("nan"))
+    with pytest.raises(ValueError, match="The model's weight `0.weight` holds NaN or infinite"):
+        tracker()
+    assert tracker.z_per_epoch == [1.0]  # the failed measurement left no epoch behind

@@ -183,12 +183,13 @@ def test_failing_segment_fails_its_member_and_the_population_goes_on(tmp_path: P
     assert decision["action"] == "exploit" and decision["clone_member"] != 2
 
 
-def test_nan_score_fails_the_member(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_score_fails_the_member(tmp_path: Path, bad: float) -> None:
     segment = linear_segment()
 
     def nan_segment(trial: optuna.Trial, state: dict[str, Any]) -> float:
         value = segment(trial, state)
-        return float("nan") if _slot(trial) == (0, 1) else value
+        return bad if _slot(trial) == (0, 1) else value
 
     study = _study()
     result = optuna_ext.pbt.run(

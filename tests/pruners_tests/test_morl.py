@@ -645,3 +645,88 @@ def test_two_processes_see_each_others_rungs(storage_url: str) -> None:
     trial.report(0.0, 1)
     with pytest.raises(ValueError, match="rung layout"):
         trial.should_prune()
+
+
+# --- retries of killed trials (Optuna's RetryHeartbeatStaleTrialCallback) -------------------
+
+
+def _constant_objective(trial: optuna.Trial) -> float:
+    """Report the enqueued value ``v`` after every epoch (of 9), pruning at rung ends."""
+    v = trial.suggest_float("v", 0.0, 1.0)
+    for step in range(1, 10):
+        trial.report(v, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return v
+
+
+def _kill_and_retry(study: optuna.Study, trial: optuna.Trial) -> None:
+    """What a SIGKILL then Optuna's heartbeat and retry callback do to a RUNNING trial."""
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback()
+    callback(study, study._storage.get_trial(trial._trial_id))
+
+
+def _decisions(study: optuna.Study) -> list[tuple[float, str, int | None]]:
+    """(v, state, last step) of every trial, a retried trial replaced by its retry."""
+    retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", ())}
+    return [
+        (t.params["v"], t.state.name, t.last_step) for t in study.trials if t.number not in retried
+    ]
+
+
+def _run_values(values: list[float], kill: int | None, *, steps_before_kill: int) -> optuna.Study:
+    """Run trials reporting ``values``; the trial ``kill`` is killed after ``steps`` reports."""
+    pruner = MORLPruner(max_resource=9, min_resource=1, reduction_factor=3)  # rungs 1, 3, 9
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for i, v in enumerate(values):
+        study.enqueue_trial({"v": v})
+        if i != kill:
+            study.optimize(_constant_objective, n_trials=1)
+            continue
+        trial = study.ask()
+        trial.suggest_float("v", 0.0, 1.0)
+        for step in range(1, steps_before_kill + 1):
+            trial.report(v, step)
+            trial.should_prune()  # the decision is taken (and recorded), then the process dies
+        _kill_and_retry(study, trial)
+        study.optimize(_constant_objective, n_trials=1)  # runs the retry copy
+    return study
+
+
+def test_retry_of_a_trial_killed_as_it_was_pruned_is_pruned_at_the_same_rung() -> None:
+    # Trial 3 is pruned at rung end 1 and killed between the decision and raising TrialPruned:
+    # its copy inherits the rung record and must be judged at rung 1 again, not skip it.
+    values = [0.9, 0.8, 0.7, 0.3, 0.5]
+    reference = _run_values(values, kill=None, steps_before_kill=0)
+    resumed = _run_values(values, kill=3, steps_before_kill=1)
+    assert _decisions(reference)[3] == (0.3, "PRUNED", 1)
+    assert _decisions(resumed) == _decisions(reference)
+    retry = resumed.trials[4]
+    assert retry.system_attrs["failed_trial"] == 3
+    assert retry.system_attrs["MORLPruner:rungs_recorded_by"] == [retry.number, 1]
+
+
+def test_retry_of_a_trial_killed_as_it_was_pruned_at_a_later_rung_is_pruned_there() -> None:
+    # Trial 6 is promoted at rung end 1 (top 2 of 7), pruned at rung end 3 (behind 0.9) and
+    # killed before it raised: its copy inherited both records, records rung 1 again, and must
+    # not skip rung 3.
+    values = [0.9, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.8]
+    reference = _run_values(values, kill=None, steps_before_kill=0)
+    resumed = _run_values(values, kill=6, steps_before_kill=3)
+    assert _decisions(reference)[6] == (0.5, "PRUNED", 3)
+    assert _decisions(resumed) == _decisions(reference)
+    assert resumed.trials[7].system_attrs["MORLPruner:rungs_recorded_by"] == [7, 2]
+
+
+def test_retried_trial_competes_once_at_its_rungs() -> None:
+    # Trial 0 records 0.6 at rung end 1 and is killed in rung 2; its retry records it again.
+    # Counted twice, six values would compete for the trial of 0.7 and two be promoted (0.7
+    # with them); counted once there are five and only the best (0.9) goes on.
+    values = [0.6, 0.9, 0.5, 0.4, 0.7]
+    reference = _run_values(values, kill=None, steps_before_kill=0)
+    resumed = _run_values(values, kill=0, steps_before_kill=2)
+    assert _decisions(reference)[4] == (0.7, "PRUNED", 1)
+    assert _decisions(resumed) == _decisions(reference)
+    assert resumed.trials[0].state == TrialState.FAIL
+    assert resumed.trials[1].system_attrs["failed_trial"] == 0

@@ -566,3 +566,67 @@ def test_resume_after_max_rounds_in_a_fresh_process(
     _runner(store).optimize(study, train)
     assert train.n_calls == 3 + 1
     assert _summary(study, store) == expected
+
+
+def test_a_trial_asked_by_a_killed_run_is_taken_over(tmp_path: Any) -> None:
+    # The run dies between `study.ask()` and labelling the trial with its bracket: the resumed
+    # runner adopts that trial, so the trial numbers, hence the configurations a sampler seeded
+    # per trial draws, are those of an uninterrupted run, and nothing stays RUNNING.
+    from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
+
+    def summary(study: optuna.Study) -> list[tuple[int, TrialState, float | None, dict]]:
+        return [(t.number, t.state, t.value, t.params) for t in study.trials]
+
+    reference = optuna.create_study(sampler=StorageSeededRandomSampler(seed=4))
+    _runner(_new_store(tmp_path / "a")).optimize(reference, _Recorder())
+
+    store = _new_store(tmp_path / "b")
+    study = optuna.create_study(sampler=StorageSeededRandomSampler(seed=4))
+    ask = study.ask
+    asked = {"n": 0}
+
+    def dying_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+        trial = ask(*args, **kwargs)
+        asked["n"] += 1
+        if asked["n"] == 5:
+            raise KeyboardInterrupt("killed right after ask")
+        return trial
+
+    study.ask = dying_ask  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        _runner(store).optimize(study, _Recorder())
+    orphan = study.trials[-1]
+    assert orphan.state == TrialState.RUNNING and BRACKET_KEY not in orphan.system_attrs
+    resumed = optuna.load_study(
+        study_name=study.study_name,
+        storage=study._storage,
+        sampler=StorageSeededRandomSampler(seed=4),
+    )
+    _runner(store).optimize(resumed, _Recorder())
+    assert summary(resumed) == summary(reference)
+    assert resumed.trials[orphan.number].system_attrs[CONFIG_KEY] == 4
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_resume_with_a_lost_checkpoint_names_the_artifact(tmp_path, damage: str) -> None:
+    """A resumed run whose state artifact is gone or damaged stops with the artifact's id,
+    before training anything; the rounds already told stay as they are."""
+    from optuna_ext._checkpoint import CheckpointError
+
+    store = _new_store(tmp_path / "artifacts")
+    study = _quiet_study()
+    _runner(store).optimize(study, _Recorder(), max_rounds=1)
+    promoted = [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(promoted) == 3
+    artifact_id = promoted[0].system_attrs[checkpoint_key(0)]
+    path = tmp_path / "artifacts" / artifact_id
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:16])
+    before = [(t.number, t.state, t.value, t.intermediate_values) for t in study.trials]
+    recorder = _Recorder()
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}'"):
+        _runner(store).optimize(study, recorder, max_rounds=5)
+    assert recorder.calls == []
+    assert [(t.number, t.state, t.value, t.intermediate_values) for t in study.trials] == before

@@ -17,6 +17,7 @@ import pytest
 
 from optuna_ext.samplers._hyperdyn import HyperdynSampler
 from optuna_ext.samplers._hyperdyn.sampler import PROPOSAL_KEY
+from tests.samplers_tests._storage_matrix import StorageMatrix
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -35,7 +36,7 @@ def _cheap(**kwargs: object) -> HyperdynSampler:
 
 
 class TestHyperdynSamplerSuites(
-    BasicSamplerTestCase, RelativeSamplerTestCase, SingleOnlySamplerTestCase
+    StorageMatrix, BasicSamplerTestCase, RelativeSamplerTestCase, SingleOnlySamplerTestCase
 ):
     @pytest.fixture
     def sampler(self) -> Callable[[], BaseSampler]:
@@ -234,6 +235,13 @@ def test_infinite_values_are_clipped() -> None:
         ({"time_param": ""}, "time_param"),
         ({"n_gp_starts": 4}, "n_gp_starts"),
         ({"n_candidates": 0}, "n_candidates"),
+        ({"n_candidates": float("nan")}, "`n_candidates` is nan, but must be an int"),
+        ({"n_candidates": 64.0}, "`n_candidates` is 64.0, but must be an int"),
+        ({"n_local_search": -1}, "`n_local_search >= 0`"),
+        ({"n_local_search": 0.5}, "`n_local_search` is 0.5, but must be an int"),
+        ({"n_local_search": float("inf")}, "`n_local_search` is inf, but must be an int"),
+        ({"n_gp_starts": True}, "`n_gp_starts` is True, but must be an int"),
+        ({"n_startup_trials": 2.0}, "`n_startup_trials` is 2.0, but must be an int"),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, object], match: str) -> None:

@@ -40,12 +40,13 @@ from optuna_ext.samplers._pbt._population import needed_checkpoint_trials
 from optuna_ext.samplers._pbt._population import Population
 from optuna_ext.samplers._pbt._population import SURPLUS_KEY
 from optuna_ext.samplers._pbt.sampler import _spec
+from tests.samplers_tests._storage_matrix import StorageMatrix
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class TestOptunaContract(BasicSamplerTestCase, SingleOnlySamplerTestCase):
+class TestOptunaContract(StorageMatrix, BasicSamplerTestCase, SingleOnlySamplerTestCase):
     @pytest.fixture
     def sampler(self) -> Callable[[], BaseSampler]:
         return lambda: PBTSampler(population_size=3, seed=0)
@@ -662,3 +663,28 @@ def test_needed_checkpoints_keep_the_parents_of_failed_slots() -> None:
     sampler.open_slots(study)
     assert {d["action"] for d in _decisions(study, 2).values()} == {"retry"}
     assert {d["parent"] for d in _decisions(study, 2).values()} == {1}
+
+
+def test_a_changed_search_space_gets_values_inside_it() -> None:
+    """Planned values that the new distributions do not hold (narrower ranges, another int
+    step) are resampled inside them; the population goes on. (Optuna itself refuses a change
+    of distribution kind or of log scale under the same name.)"""
+    study = optuna.create_study(
+        sampler=PBTSampler(population_size=3, seed=0), direction="maximize"
+    )
+
+    def before(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        return -abs(math.log10(lr) + 2.0) + trial.suggest_int("width", 1, 100) / 100
+
+    def after(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 0.5, 1.0, log=True)
+        return lr + trial.suggest_int("width", 200, 240, step=8) / 100
+
+    study.optimize(before, n_trials=6)
+    study.optimize(after, n_trials=6)
+    later = study.trials[6:]
+    assert all(t.state == TrialState.COMPLETE for t in later)
+    assert all(0.5 <= t.params["lr"] <= 1.0 for t in later)
+    assert all(t.params["width"] in range(200, 241, 8) for t in later)
+    assert {t.system_attrs["PBTSampler:generation"] for t in later} == {2, 3}

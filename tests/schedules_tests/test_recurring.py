@@ -81,6 +81,9 @@ def test_validation_leaves_the_optimizer_untouched() -> None:
         ({"step_gamma": 1.5}, "`step_gamma`"),
         ({"cyclic_peak": 0.0}, "`cyclic_peak`"),
         ({"cyclic_peak": 1.0}, "`cyclic_peak`"),
+        ({"last_epoch": -2}, "`last_epoch >= -1`"),
+        ({"last_epoch": 1.5}, "`last_epoch` is 1.5, but must be an integer"),
+        ({"last_epoch": math.nan}, "`last_epoch` is nan, but must be an integer"),
     ],
 )
 def test_invalid_options(kwargs: dict, name: str) -> None:
@@ -95,8 +98,9 @@ def test_not_an_optimizer() -> None:
 
 def test_lr_at_rejects_negative_epochs() -> None:
     scheduler = RecurringLR(_optimizer(0.1), boundaries=[3], steps_per_epoch=1)
-    with pytest.raises(ValueError, match="`epoch`"):
-        scheduler.lr_at(-0.5)
+    for epoch in (-0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match="`epoch`"):
+            scheduler.lr_at(epoch)
 
 
 # --- the rate at the rung starts and ends -----------------------------------------------------

@@ -184,8 +184,15 @@ class AutoHyperSearch:
     def __post_init__(self) -> None:
         min_lr = _check_finite("min_lr", self.min_lr)
         max_lr = _check_finite("max_lr", self.max_lr)
-        if not min_lr > 0:
-            raise ValueError(f"The value of `min_lr` is {self.min_lr}, but must be `min_lr > 0`.")
+        if not 0 < min_lr < math.inf:
+            raise ValueError(
+                f"The value of `min_lr` is {self.min_lr}, but must be finite and `min_lr > 0`."
+            )
+        if not math.isfinite(max_lr):
+            raise ValueError(
+                f"The value of `max_lr` is {self.max_lr}, but must be finite (the grid is "
+                "clamped to the distribution's upper bound anyway)."
+            )
         if not max_lr > min_lr:
             raise ValueError(
                 f"The value of `max_lr` is {self.max_lr}, but must be `max_lr > min_lr` "

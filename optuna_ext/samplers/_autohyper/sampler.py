@@ -12,19 +12,20 @@ from typing import TYPE_CHECKING
 
 from optuna.distributions import FloatDistribution
 from optuna.samplers import BaseSampler
-from optuna.samplers import RandomSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import TrialState
 
 from optuna_ext.metrics._keys import KNOWLEDGE_GAIN_Z_KEY
 from optuna_ext.samplers._autohyper._search import Attempt
 from optuna_ext.samplers._autohyper._search import AutoHyperSearch
+from optuna_ext.samplers._autohyper._search import Evaluation
 from optuna_ext.samplers._autohyper._search import GridPoint
 from optuna_ext.samplers._autohyper._search import MAX_TRIALS
 from optuna_ext.samplers._autohyper._search import point_outcome
 from optuna_ext.samplers._autohyper._search import replay
 from optuna_ext.samplers._autohyper._search import SearchState
 from optuna_ext.samplers._autohyper._search import upcoming
+from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
 
 
 if TYPE_CHECKING:
@@ -90,6 +91,11 @@ class AutoHyperResult:
         bounds_reached:
             Which bounds of the parameter's distribution the grid reached (``"lower"``,
             ``"upper"``), in order.
+        evaluations:
+            Every measurement the search used, in order: ``Z`` (``z``) at the rate ``lr`` of
+            point ``index`` of grid ``pass_id`` (the response curve ``Z(lr)`` of the paper's
+            Figure 1, one grid per pass). Failed and skipped points are not in it, nor are
+            speculative measurements of a grid the search never reached.
     """
 
     lr: float | None
@@ -98,6 +104,7 @@ class AutoHyperResult:
     message: str
     n_trials: int
     bounds_reached: tuple[str, ...] = ()
+    evaluations: tuple[Evaluation, ...] = ()
 
 
 def _now() -> datetime.datetime:
@@ -205,6 +212,7 @@ def _to_result(state: SearchState) -> AutoHyperResult:
         message=_REASON_MESSAGES.get(state.reason, state.reason),
         n_trials=state.n_trials,
         bounds_reached=state.bounds_reached,
+        evaluations=state.evaluations,
     )
 
 
@@ -367,8 +375,10 @@ class AutoHyperSampler(BaseSampler):
             ``"user_attr"`` to read ``Z`` from the user attr ``"knowledge_gain:Z"``, or
             ``"value"`` to use the objective value.
         independent_sampler:
-            Sampler for every parameter except ``param_name``. Defaults to
-            :class:`~optuna.samplers.RandomSampler` with ``seed``.
+            Sampler for every parameter except ``param_name``. Defaults to uniform sampling
+            seeded by ``seed`` and the trial's position in the study (not by one random
+            stream, as :class:`~optuna.samplers.RandomSampler` is), so that a study resumed
+            in a new process draws the values an uninterrupted one would have.
         seed:
             Seed of the default independent sampler and of the sampler's own random state
             (only used to stagger concurrent workers). The learning rates themselves are
@@ -427,7 +437,7 @@ class AutoHyperSampler(BaseSampler):
         self._z_source = z_source
         self._save_plot = bool(save_plot)
         self._rng = LazyRandomState(seed)
-        self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
+        self._independent_sampler = independent_sampler or StorageSeededRandomSampler(seed=seed)
         self._logged: set[tuple[int, str]] = set()
 
     # -- public API ------------------------------------------------------------------------
@@ -739,6 +749,8 @@ class AutoHyperSampler(BaseSampler):
             xaxis=dict(type="log", title=self._param_name),
             yaxis=dict(title="Z", range=[-0.02, 1.02]),
             showlegend=True,
+            # One row above the plot: on the right it would cover the colorbar.
+            legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
         )
         try:
             save_plotly_graph_object(study, fig, graph_object_id=PLOT_ID)

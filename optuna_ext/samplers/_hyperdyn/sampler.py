@@ -73,6 +73,15 @@ def _time_value(trial: FrozenTrial, time_param: str) -> float | None:
     return value
 
 
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """Raise a ``ValueError`` unless ``value`` is an int (not a bool) in ``[low, high]``."""
+    rule = f"`{name} >= {low}`" if high is None else f"`{low} <= {name} <= {high}`"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"The value of `{name}` is {value!r}, but must be an int {rule}.")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"The value of `{name}` is {value}, but must be {rule}.")
+
+
 def _float_key(value: float | None) -> int:
     """A non-negative integer that identifies a float (its IEEE bits), or 0 for None."""
     if value is None:
@@ -211,34 +220,15 @@ class HyperdynSampler(BaseSampler):
             raise ValueError(
                 f"The value of `time_param` is {time_param!r}, but must be a non-empty string."
             )
-        if isinstance(n_startup_trials, bool) or not isinstance(n_startup_trials, int):
-            raise ValueError(
-                f"The value of `n_startup_trials` is {n_startup_trials!r}, but must be an int."
-            )
-        if n_startup_trials < 1:
-            raise ValueError(
-                f"The value of `n_startup_trials` is {n_startup_trials}, but must be "
-                "`n_startup_trials >= 1`."
-            )
+        _check_int("n_startup_trials", n_startup_trials, 1)
         if kernel not in KERNEL_NAMES:
             raise ValueError(
                 f"The value of `kernel` is {kernel!r}, but must be one of {KERNEL_NAMES}."
             )
         check_time_kernel_params(alpha, beta)
-        if n_candidates < 1:
-            raise ValueError(
-                f"The value of `n_candidates` is {n_candidates}, but must be `n_candidates >= 1`."
-            )
-        if n_local_search < 0:
-            raise ValueError(
-                f"The value of `n_local_search` is {n_local_search}, but must be "
-                "`n_local_search >= 0`."
-            )
-        if not 1 <= n_gp_starts <= 3:
-            raise ValueError(
-                f"The value of `n_gp_starts` is {n_gp_starts}, but must be "
-                "`1 <= n_gp_starts <= 3`."
-            )
+        _check_int("n_candidates", n_candidates, 1)
+        _check_int("n_local_search", n_local_search, 0)
+        _check_int("n_gp_starts", n_gp_starts, 1, 3)
         self._time_param = time_param
         self._n_startup_trials = n_startup_trials
         self._kernel = kernel

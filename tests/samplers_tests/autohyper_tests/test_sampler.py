@@ -49,6 +49,7 @@ from optuna_ext.samplers._autohyper._search import replay
 from optuna_ext.samplers._autohyper._search import simulate
 from optuna_ext.samplers._autohyper.sampler import _Book
 from optuna_ext.samplers._autohyper.sampler import _POINT_KEY
+from tests.samplers_tests._storage_matrix import StorageMatrix
 from tests.samplers_tests.autohyper_tests._synthetic import DISTRIBUTION
 from tests.samplers_tests.autohyper_tests._synthetic import knee_z
 from tests.samplers_tests.autohyper_tests._synthetic import make_objective
@@ -58,7 +59,7 @@ from tests.samplers_tests.autohyper_tests._synthetic import plateau_start
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class TestOptunaContract(BasicSamplerTestCase, SingleOnlySamplerTestCase):
+class TestOptunaContract(StorageMatrix, BasicSamplerTestCase, SingleOnlySamplerTestCase):
     @pytest.fixture
     def sampler(self) -> Callable[[], BaseSampler]:
         return lambda: AutoHyperSampler(seed=0)
@@ -111,6 +112,9 @@ def test_converges_at_the_knee_and_stops_the_study() -> None:
     expected = simulate(AutoHyperSearch(lower_bound=1e-6, upper_bound=1.0), knee_z)
     assert lr_sequence(study) == [e.lr for e in expected.evaluations]
     assert result.lr == expected.lr
+    # The measurements behind the answer, with their grid passes (the Z(lr) curve).
+    assert result.evaluations == expected.evaluations
+    assert len({e.pass_id for e in result.evaluations}) > 1  # it zoomed at least once
     # Small attrs: a few scalars on the study, one small dict per trial.
     assert len(json.dumps(study.user_attrs)) < 300
     assert all(len(json.dumps(t.system_attrs[_POINT_KEY])) < 100 for t in study.trials)
@@ -144,8 +148,18 @@ def test_best_lr_is_none_before_convergence_with_a_reason() -> None:
     study.optimize(make_objective(), n_trials=5)
     result = AutoHyperSampler.result(study)
     assert result == AutoHyperResult(
-        None, False, "running", result.message, n_trials=5, bounds_reached=()
+        None,
+        False,
+        "running",
+        result.message,
+        n_trials=5,
+        bounds_reached=(),
+        evaluations=result.evaluations,
     )
+    assert [e.lr for e in result.evaluations] == [t.params["lr"] for t in study.trials]
+    assert [e.z for e in result.evaluations] == [
+        t.user_attrs[KNOWLEDGE_GAIN_Z_KEY] for t in study.trials
+    ]
     assert "not converged" in result.message
     assert AutoHyperSampler.best_lr(study) is None
     assert "autohyper:best_lr" not in study.user_attrs
@@ -311,6 +325,7 @@ def test_independent_sampler_is_used_for_other_parameters() -> None:
     [
         (dict(min_lr=0.0), "min_lr > 0"),
         (dict(max_lr=1e-5), "max_lr > min_lr"),
+        (dict(max_lr=float("inf")), "`max_lr` is inf, but must be finite"),
         (dict(num_split=1), "num_split >= 2"),
         (dict(power=-1.0), "power > 0"),
         (dict(min_delta=2.0), "0 < min_delta < 1"),
@@ -451,6 +466,15 @@ def test_plot_is_saved_after_each_trial_and_marks_the_chosen_rate() -> None:
     assert ids == {sampler_module.PLOT_ID}
 
 
+def test_plot_legend_is_one_row_above_the_plot_clear_of_the_colorbar() -> None:
+    study = optuna.create_study(sampler=AutoHyperSampler(), direction="maximize")
+    study.optimize(make_objective(), n_trials=500)
+    figure = _saved_figure(study)
+    assert figure["data"][0]["marker"]["showscale"] is True  # the colorbar, on the right
+    legend = figure["layout"]["legend"]
+    assert legend["orientation"] == "h" and legend["y"] > 1 and legend["yanchor"] == "bottom"
+
+
 def test_save_plot_false() -> None:
     study = optuna.create_study(sampler=AutoHyperSampler(save_plot=False))
     study.optimize(make_objective(), n_trials=2)
@@ -519,3 +543,18 @@ def test_integer_distribution_for_another_name_is_delegated() -> None:
     with pytest.raises(ValueError, match="log=True"):
         frozen = study._storage.get_trial(trial._trial_id)
         study.sampler.sample_independent(study, frozen, "learning_rate", IntDistribution(1, 9))
+
+
+def test_after_a_missing_z_the_study_goes_on_with_the_point_retried() -> None:
+    """The missing-Z error stops ``optimize``; the trial stays COMPLETE (Optuna finishes it
+    before the error reaches the caller), counts as a failed attempt of its grid point, and a
+    corrected objective continues the search to the answer of a run without the mistake."""
+    study = optuna.create_study(sampler=AutoHyperSampler(save_plot=False), direction="maximize")
+    study.optimize(make_objective(), n_trials=3)
+    with pytest.raises(ValueError, match=KNOWLEDGE_GAIN_Z_KEY):
+        study.optimize(lambda t: t.suggest_float("lr", *DISTRIBUTION, log=True), n_trials=5)
+    assert len(study.trials) == 4 and study.trials[3].state == TrialState.COMPLETE
+    study.optimize(make_objective(), n_trials=500)
+    assert study.trials[4].params["lr"] == study.trials[3].params["lr"]  # retried
+    expected = simulate(AutoHyperSearch(lower_bound=1e-6, upper_bound=1.0), knee_z)
+    assert AutoHyperSampler.best_lr(study) == expected.lr

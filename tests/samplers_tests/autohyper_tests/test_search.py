@@ -239,6 +239,8 @@ def test_oscillation_guard() -> None:
         (dict(min_lr=-1.0), "min_lr > 0"),
         (dict(min_lr=float("nan")), "`min_lr`.*NaN"),
         (dict(max_lr=1e-4), "max_lr > min_lr"),
+        (dict(max_lr=float("inf")), "`max_lr` is inf, but must be finite"),
+        (dict(min_lr=float("inf")), "`min_lr` is inf, but must be finite"),
         (dict(num_split=1), "num_split >= 2"),
         (dict(num_split=2.5), "num_split >= 2"),
         (dict(min_delta=0.0), "0 < min_delta < 1"),
