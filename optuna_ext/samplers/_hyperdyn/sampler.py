@@ -20,11 +20,13 @@ from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
+import torch
 
 from optuna_ext._gp.acqf import incumbent_threshold
 from optuna_ext._gp.acqf import maximize_log_ei
 from optuna_ext._gp.box import UnitBox
 from optuna_ext._gp.gp import fit_gp
+from optuna_ext._gp.gp import GPRegressor
 from optuna_ext._gp.gp import KernelParams
 from optuna_ext._gp.gp import single_thread
 from optuna_ext._gp.kernels import check_time_kernel_params
@@ -73,6 +75,13 @@ def _time_value(trial: FrozenTrial, time_param: str) -> float | None:
     return value
 
 
+def _at_or_after(value: object, t: float) -> bool:
+    """Whether a stored epoch ``value`` is a number ``>= t``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return float(value) >= t
+
+
 def _float_key(value: float | None) -> int:
     """A non-negative integer that identifies a float (its IEEE bits), or 0 for None."""
     if value is None:
@@ -114,9 +123,11 @@ class HyperdynSampler(BaseSampler):
     (relative sampling):
 
     - The observations are the COMPLETE trials whose epoch is *smaller* than the current
-      trial's: the paper's ``D_{t-1}`` (Algorithm 4, line 5). Candidates of the same epoch
-      do not see each other, so a resumed run that had finished some candidates of an
-      unfinished epoch proposes the same as an uninterrupted one.
+      trial's: the paper's ``D_{t-1}`` (Algorithm 4, line 5), at most ``max_observations``
+      of them, of the latest epochs, so that a proposal's cost stops growing with the
+      study. Candidates of the same epoch do not see each other, so a resumed run that had
+      finished some candidates of an unfinished epoch proposes the same as an uninterrupted
+      one.
     - While fewer than ``n_startup_trials`` observations exist, the parameters are drawn
       uniformly at random (the paper's Random-Start, 5 points).
     - Then a GP with the product kernel ``K1(eta1, eta2) * K2(t1, t2)`` (``K1`` Matern-5/2 or
@@ -190,6 +201,13 @@ class HyperdynSampler(BaseSampler):
         n_gp_starts:
             The number of starting points of the GP fit (1 to 3); with a warm start it
             replaces the first.
+        max_observations:
+            The most observations the GP is fitted to: past it, those of the latest epochs
+            (nearest to the proposal's epoch; then the latest trials) are kept. The time
+            kernel gives an observation ``Delta`` epochs back the weight
+            ``(beta / (Delta + beta))**alpha`` (0.003 at 150 epochs with the paper's values),
+            so the oldest ones change little, while the fit's cost grows with the cube of
+            their number (``benchmarks/bench_decision_time.py``). :obj:`None` keeps them all.
     """
 
     def __init__(
@@ -206,6 +224,7 @@ class HyperdynSampler(BaseSampler):
         n_candidates: int = 1024,
         n_local_search: int = 4,
         n_gp_starts: int = 1,
+        max_observations: int | None = 300,
     ) -> None:
         if not isinstance(time_param, str) or not time_param:
             raise ValueError(
@@ -239,6 +258,16 @@ class HyperdynSampler(BaseSampler):
                 f"The value of `n_gp_starts` is {n_gp_starts}, but must be "
                 "`1 <= n_gp_starts <= 3`."
             )
+        if max_observations is not None and (
+            isinstance(max_observations, bool)
+            or not isinstance(max_observations, int)
+            or max_observations < n_startup_trials
+        ):
+            raise ValueError(
+                f"The value of `max_observations` is {max_observations!r}, but must be None or "
+                f"an int `max_observations >= n_startup_trials` ({n_startup_trials})."
+            )
+        self._max_observations = max_observations
         self._time_param = time_param
         self._n_startup_trials = n_startup_trials
         self._kernel = kernel
@@ -279,8 +308,13 @@ class HyperdynSampler(BaseSampler):
 
         It is the seed, the number of observations, the epoch, and the trial's rank among
         its peers: the earlier trials still running or waiting, plus the finished trials of
-        the same epoch. Concurrent or successive candidates of one epoch thus draw
-        different values, and everything is read from the storage.
+        the same or a later epoch. Concurrent or successive candidates of one epoch thus draw
+        different values, and everything is read from the storage. (A later epoch counts:
+        with several workers, a trial of a later epoch that was running when one candidate
+        sampled may have finished when the next one samples; the number of observations of
+        the epoch is the same for both, so without it the two would share their rank. In a
+        run of one process the epochs never decrease, and the rank is the number of earlier
+        candidates of the epoch.)
         """
         trials = study._get_trials(
             deepcopy=False,
@@ -293,7 +327,7 @@ class HyperdynSampler(BaseSampler):
                 continue
             if other.state != TrialState.COMPLETE:
                 rank += 1
-            elif t is not None and other.params.get(self._time_param) == t:
+            elif t is not None and _at_or_after(other.params.get(self._time_param), t):
                 rank += 1
         return [self._seed(), n_observations, _float_key(t), rank]
 
@@ -336,6 +370,16 @@ class HyperdynSampler(BaseSampler):
                     continue
                 times.append(other_t)
             observed.append(other)
+        if self._max_observations is not None and len(observed) > self._max_observations:
+            # Keep the latest epochs (then the latest trials), in the order read.
+            order = sorted(
+                range(len(observed)),
+                key=lambda i: (times[i] if t is not None else 0.0, observed[i].number),
+                reverse=True,
+            )
+            kept = sorted(order[: self._max_observations])
+            observed = [observed[i] for i in kept]
+            times = [times[i] for i in kept] if t is not None else times
         return observed, (times if t is not None else None)
 
     def sample_relative(
@@ -400,11 +444,13 @@ class HyperdynSampler(BaseSampler):
         )
         query_t = t if times is not None else None
         threshold = incumbent_threshold(gp, query_t)
+        pending = self._pending(study, trial, list(numeric), box, query_t)
+        search_gp = gp if pending is None else _believer(gp, *pending)
         acqf_seed = int(
             np.random.SeedSequence([*key, _STREAM_ACQF]).generate_state(1)[0] % _MAX_SEED
         )
         best_unit, log_ei = maximize_log_ei(
-            gp,
+            search_gp,
             t=query_t,
             seed=acqf_seed,
             threshold=threshold,
@@ -423,11 +469,43 @@ class HyperdynSampler(BaseSampler):
                 "params": list(numeric),
                 "lengthscales": [float(v) for v in gp.lengthscales],
                 "kernel": dataclasses.asdict(KernelParams.of(gp)),
+                "n_pending": 0 if pending is None else len(pending[0]),
             },
         )
         return {
             name: _snap(float(v), d) for (name, d), v in zip(numeric.items(), values, strict=True)
         }
+
+    def _pending(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        names: list[str],
+        box: UnitBox,
+        t: float | None,
+    ) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The parameters of the other running candidates of the same epoch, in the box.
+
+        Several workers proposing for one epoch from the same observations would all find
+        the same maximum of EI; each proposal treats the candidates still running as
+        observed at the GP's mean there (the "kriging believer"), so the next one goes
+        elsewhere. A single process (:class:`~optuna_ext.hyperdyn.HyperdynTuner` asks for
+        the proposal before the incumbent of an epoch) has none.
+        """
+        running = study._get_trials(
+            deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING), use_cache=False
+        )
+        rows = []
+        for other in running:
+            if other.number == trial.number or not all(n in other.params for n in names):
+                continue
+            if t is not None and _time_value(other, self._time_param) != t:
+                continue
+            rows.append([float(other.params[n]) for n in names])
+        if not rows:
+            return None
+        X = box.to_unit(np.array(rows))
+        return X, (None if t is None else np.full(len(rows), float(t)))
 
     def sample_independent(
         self,
@@ -463,6 +541,36 @@ class HyperdynSampler(BaseSampler):
     ) -> None:
         if self._independent_sampler is not None:
             self._independent_sampler.after_trial(study, trial, state, values)
+
+
+def _cpu(values: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.float64), device=torch.device("cpu"))
+
+
+def _believer(gp: GPRegressor, X: np.ndarray, t: np.ndarray | None) -> GPRegressor:
+    """``gp`` with the points ``X`` (at epochs ``t``) added at its posterior mean, same kernel."""
+    with torch.no_grad():
+        mean, _ = gp.posterior(
+            _cpu(X),
+            None if t is None else _cpu(t),
+        )
+    times = None
+    if gp.t is not None:
+        assert t is not None
+        times = torch.cat([gp.t, _cpu(t)])
+    return GPRegressor(
+        X=torch.cat([gp.X, _cpu(X)]),
+        y=torch.cat([gp.y, mean]),
+        t=times,
+        inverse_squared_lengthscales=gp.inverse_squared_lengthscales,
+        kernel_scale=gp.kernel_scale,
+        noise_var=gp.noise_var,
+        kernel=gp.kernel_name,
+        alpha=gp.alpha,
+        beta=gp.beta,
+        y_mean=gp.y_mean,
+        y_std=gp.y_std,
+    )
 
 
 def _previous_fit(observed: Sequence[FrozenTrial], names: list[str]) -> KernelParams | None:
