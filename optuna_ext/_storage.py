@@ -347,14 +347,17 @@ def _create_rdb_storage(url: str, rdb_kwargs: dict[str, object]) -> optuna.stora
     """``RDBStorage(url)``, tried again when another process was creating the tables.
 
     Several workers that open an empty database at once all create Optuna's tables; all but
-    one fail (PostgreSQL: a duplicate ``pg_type`` entry; MySQL: a table that already exists).
-    Once the tables exist, opening again succeeds.
+    one fail (PostgreSQL: a duplicate ``pg_type`` entry; MySQL: a table that already exists;
+    MariaDB with snapshot isolation: "Record has changed since last read" in
+    ``version_info``). Once the tables exist, opening again succeeds.
     """
     attempts = 10
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, **rdb_kwargs)  # type: ignore[arg-type]
-        except sqlalchemy.exc.SQLAlchemyError as e:
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            # (Optuna wraps errors of its version table's transaction in StorageInternalError:
+            # on MariaDB with snapshot isolation, workers that initialize it at once conflict.)
             if attempt == attempts - 1 or not (_is_creation_race(e) or is_write_conflict(e)):
                 raise
             delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
