@@ -540,7 +540,10 @@ def run(
             continue
         trial = optuna.Trial(study, trial_id)
         if DUPLICATE_KEY in storage.get_trial_system_attrs(trial_id):
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                pass  # finished by another worker that took it too (SQLite has no row locks)
             continue
         _run_segment(
             study, trial, population, train_segment, artifact_store, catch, on_checkpoint_error
