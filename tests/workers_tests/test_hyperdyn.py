@@ -94,7 +94,7 @@ def test_the_gp_sees_at_most_max_observations_of_the_latest_epochs() -> None:
     trial.suggest_float("lr", 1e-4, 1.0, log=True)
     record = study.trials[-1].system_attrs[PROPOSAL_KEY]
     assert record["n_observations"] == 6  # epochs 2, 3 and 4, of the 10 observations
-    observed, times = sampler._observations(study, ["lr"], 5.0)
+    observed, times = sampler._observations(["lr"], 5.0, study.trials)
     assert times == [2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
     assert [t.number for t in observed] == [4, 5, 6, 7, 8, 9]
     with pytest.raises(ValueError, match="max_observations"):

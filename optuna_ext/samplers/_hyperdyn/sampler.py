@@ -50,6 +50,7 @@ _STREAM_RELATIVE = 0
 _STREAM_INDEPENDENT = 1
 _STREAM_ACQF = 2
 _NUMERIC = (FloatDistribution, IntDistribution)
+_PEER_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
 
 
 def _time_value(trial: FrozenTrial, time_param: str) -> float | None:
@@ -302,7 +303,11 @@ class HyperdynSampler(BaseSampler):
             return self._base_seed
 
     def _stream_key(
-        self, study: Study, trial: FrozenTrial, n_observations: int, t: float | None
+        self,
+        trial: FrozenTrial,
+        n_observations: int,
+        t: float | None,
+        trials: Sequence[FrozenTrial],
     ) -> list[int]:
         """The entropy of the trial's random stream.
 
@@ -316,14 +321,9 @@ class HyperdynSampler(BaseSampler):
         run of one process the epochs never decrease, and the rank is the number of earlier
         candidates of the epoch.)
         """
-        trials = study._get_trials(
-            deepcopy=False,
-            states=(TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE),
-            use_cache=False,
-        )
         rank = 0
         for other in trials:
-            if other.number >= trial.number:
+            if other.number >= trial.number or other.state not in _PEER_STATES:
                 continue
             if other.state != TrialState.COMPLETE:
                 rank += 1
@@ -356,12 +356,13 @@ class HyperdynSampler(BaseSampler):
         }
 
     def _observations(
-        self, study: Study, names: Sequence[str], t: float | None
+        self, names: Sequence[str], t: float | None, trials: Sequence[FrozenTrial]
     ) -> tuple[list[FrozenTrial], list[float] | None]:
-        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=False)
         observed: list[FrozenTrial] = []
         times: list[float] = []
         for other in trials:
+            if other.state != TrialState.COMPLETE:
+                continue
             if not all(name in other.params for name in names):
                 continue
             if t is not None:
@@ -395,15 +396,19 @@ class HyperdynSampler(BaseSampler):
             if isinstance(d, _NUMERIC) and not d.single() and name != self._time_param
         }
         names = list(numeric)
-        observed, times = self._observations(study, names, t)
-        key = self._stream_key(study, trial, len(observed), t)
+        # One read of the trials for the whole proposal (a worker's cost grows with it).
+        trials = study._get_trials(deepcopy=False, use_cache=False)
+        observed, times = self._observations(names, t, trials)
+        key = self._stream_key(trial, len(observed), t, trials)
         params: dict[str, Any] = {}
         if names and len(observed) >= self._n_startup_trials:
             # One thread: the GP's many small operations are slower with several threads, and
             # on a busy machine by far. (The GP makes its tensors on the CPU explicitly, whatever
             # torch's default device is.)
             with single_thread():
-                params.update(self._propose(study, trial, numeric, observed, times, t, key))
+                params.update(
+                    self._propose(study, trial, numeric, observed, times, t, key, trials)
+                )
         for name, distribution in search_space.items():
             if name not in params:
                 params[name] = self._random_value(
@@ -420,6 +425,7 @@ class HyperdynSampler(BaseSampler):
         times: Sequence[float] | None,
         t: float | None,
         key: Sequence[int],
+        trials: Sequence[FrozenTrial],
     ) -> dict[str, Any]:
         distributions = list(numeric.values())
         box = UnitBox(
@@ -444,7 +450,7 @@ class HyperdynSampler(BaseSampler):
         )
         query_t = t if times is not None else None
         threshold = incumbent_threshold(gp, query_t)
-        pending = self._pending(study, trial, list(numeric), box, query_t)
+        pending = self._pending(trial, list(numeric), box, query_t, trials)
         search_gp = gp if pending is None else _believer(gp, *pending)
         acqf_seed = int(
             np.random.SeedSequence([*key, _STREAM_ACQF]).generate_state(1)[0] % _MAX_SEED
@@ -478,11 +484,11 @@ class HyperdynSampler(BaseSampler):
 
     def _pending(
         self,
-        study: Study,
         trial: FrozenTrial,
         names: list[str],
         box: UnitBox,
         t: float | None,
+        trials: Sequence[FrozenTrial],
     ) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The parameters of the other running candidates of the same epoch, in the box.
 
@@ -492,11 +498,10 @@ class HyperdynSampler(BaseSampler):
         elsewhere. A single process (:class:`~optuna_ext.hyperdyn.HyperdynTuner` asks for
         the proposal before the incumbent of an epoch) has none.
         """
-        running = study._get_trials(
-            deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING), use_cache=False
-        )
         rows = []
-        for other in running:
+        for other in trials:
+            if other.state not in (TrialState.RUNNING, TrialState.WAITING):
+                continue
             if other.number == trial.number or not all(n in other.params for n in names):
                 continue
             if t is not None and _time_value(other, self._time_param) != t:
@@ -520,10 +525,9 @@ class HyperdynSampler(BaseSampler):
                 study, trial, param_name, param_distribution
             )
         t = None if param_name == self._time_param else _time_value(trial, self._time_param)
-        n_complete = len(
-            study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=False)
-        )
-        key = self._stream_key(study, trial, n_complete, t)
+        trials = study._get_trials(deepcopy=False, use_cache=False)
+        n_complete = sum(1 for other in trials if other.state == TrialState.COMPLETE)
+        key = self._stream_key(trial, n_complete, t, trials)
         return self._random_value(
             study, trial, key, _STREAM_INDEPENDENT, param_name, param_distribution
         )

@@ -585,9 +585,13 @@ class PBTSampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, key, value)
         for key, value in user_attrs.items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
-        population = Population(
-            storage.get_all_trials(study._study_id, deepcopy=False), self._population_size
-        )
+        # Only the slot's trials matter for the re-check (cheaper than the whole population).
+        slot_trials = [
+            t
+            for t in storage.get_all_trials(study._study_id, deepcopy=False)
+            if t.system_attrs.get(GENERATION_KEY) == g and t.system_attrs.get(MEMBER_KEY) == m
+        ]
+        population = Population(slot_trials, self._population_size)
         current = population.by_number[trial.number]
         if should_yield(population, current):
             storage.set_trial_system_attr(trial._trial_id, SURPLUS_KEY, True)
