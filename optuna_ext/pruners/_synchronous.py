@@ -207,7 +207,9 @@ class SynchronousMORL:
     In exchange it suspends trials between rounds: a configuration that has finished its round
     waits (its trial ``WAITING``, its model and optimizer state kept in memory or in an
     artifact store) until the whole round has, and the study is driven by this runner
-    (ask-and-tell), not by ``study.optimize``.
+    (ask-and-tell), not by ``study.optimize``. (Do not call ``study.ask()`` or
+    ``study.optimize`` on its study meanwhile: ``ask`` takes a WAITING trial, a suspended
+    configuration, first.)
 
     **The training function.** ``train_fn(trial, round)`` is called once per configuration
     and round with a :class:`SynchronousRound`. It reads the configuration with
