@@ -385,6 +385,10 @@ class SynchronousMORL:
             "min_lr": float(min_lr),
         }
         self._warned_no_heartbeat = False
+        # The brackets found finished, per storage and study id (they never change again).
+        self._done: weakref.WeakKeyDictionary[BaseStorage, dict[int, set[int]]] = (
+            weakref.WeakKeyDictionary()
+        )
         # Without an artifact store: the states of unfinished trials, per storage and trial id.
         self._states: weakref.WeakKeyDictionary[BaseStorage, dict[int, dict[str, Any]]] = (
             weakref.WeakKeyDictionary()
@@ -521,13 +525,28 @@ class SynchronousMORL:
     def _views(
         self, study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial], n_brackets: int
     ) -> list[_BracketView]:
-        """The views of brackets ``0 .. n_brackets - 1``, from one pass over the trials."""
+        """The views of brackets ``0 .. n_brackets - 1``, from one pass over the trials.
+
+        A bracket whose trials are all finished never changes again: it is remembered (per
+        storage and study) and not looked at again, so a step costs little more than reading
+        the trials however many brackets the study has done.
+        """
+        done = self._done.setdefault(study._storage, {}).setdefault(study._study_id, set())
         by_bracket: dict[int, list[optuna.trial.FrozenTrial]] = {}
         for t in trials:
             bracket = t.system_attrs.get(BRACKET_KEY)
-            if isinstance(bracket, int) and 0 <= bracket < n_brackets:
+            if isinstance(bracket, int) and 0 <= bracket < n_brackets and bracket not in done:
                 by_bracket.setdefault(bracket, []).append(t)
-        return [self._view(study, by_bracket.get(b, []), b) for b in range(n_brackets)]
+        views = []
+        for b in range(n_brackets):
+            if b in done:
+                views.append(_BracketView(bracket=b))
+                continue
+            view = self._view(study, by_bracket.get(b, []), b)
+            if view.rung is None and all(t.state.is_finished() for t in by_bracket.get(b, [])):
+                done.add(b)
+            views.append(view)
+        return views
 
     def _view(
         self, study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial], bracket: int
