@@ -134,7 +134,7 @@ def run_hyperdyn(
             told.append(_told(frozen))
 
 
-PBT_POPULATION = 6
+PBT_POPULATION = 4
 PBT_GENERATIONS = 3
 
 
@@ -181,7 +181,7 @@ def run_pbt_optimize(
         return -abs(math.log10(lr) + 2.0)
 
     study = _study(storage, "pbt-optimize", sampler=PBTSampler(population_size=4, seed=0))
-    study.optimize(objective, n_trials=8, callbacks=[_recorder(report)])
+    study.optimize(objective, n_trials=6, callbacks=[_recorder(report)])
 
 
 MORL_MAX_RESOURCE = 4

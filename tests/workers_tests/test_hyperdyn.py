@@ -29,10 +29,24 @@ def test_four_workers_propose_distinct_candidates_from_earlier_epochs(
     assert len(trials) == 4 * HYPERDYN_EPOCHS * HYPERDYN_CANDIDATES
     for t in trials:
         assert t.value == hyperdyn_value(t.params["epoch"], t.params["lr"], t.params["momentum"])
-    # Candidates that sampled at the same time drew from different random streams (the
-    # stream key counts the running trials): no two trials share their parameters.
-    points = [(t.params["lr"], t.params["momentum"]) for t in trials]
-    assert len(set(points)) == len(points)
+    # Random draws come from different random streams (the stream key counts the running
+    # trials and the finished ones of this or a later epoch): no two share their parameters.
+    points = {t.number: (t.params["lr"], t.params["momentum"]) for t in trials}
+    random_draws = [points[t.number] for t in trials if PROPOSAL_KEY not in t.system_attrs]
+    assert len(set(random_draws)) == len(random_draws)
+    # A GP proposal treated the running candidates of its epoch whose parameters it could see
+    # as pending (kriging believer) and went elsewhere. (Two proposals computed at the same
+    # moment see neither the other, and may find the same maximum of EI.)
+    by_number = {t.number: t for t in trials}
+
+    def distance(a: tuple[float, float], b: tuple[float, float]) -> float:
+        # In the unit box: lr on a log scale over 4 decades, momentum over [0, 0.95].
+        return max(abs(math.log10(a[0] / b[0])) / 4.0, abs(a[1] - b[1]) / 0.95)
+
+    for t in trials:
+        for other in t.system_attrs.get(PROPOSAL_KEY, {}).get("pending", []):
+            assert by_number[other].params["epoch"] == t.params["epoch"]
+            assert distance(points[other], points[t.number]) > 1e-3, (t.number, other)
     # The GP proposals saw only trials of earlier epochs (the paper's D_{t-1}), and the
     # warm-started fits of every worker stay finite.
     proposals = [t for t in trials if PROPOSAL_KEY in t.system_attrs]
@@ -123,6 +137,6 @@ def test_a_proposal_avoids_the_running_candidates_of_its_epoch() -> None:
     second = study.ask()
     second.suggest_float("epoch", 1, 1)
     lr_second = second.suggest_float("lr", 1e-4, 1.0, log=True)
-    assert study.trials[-1].system_attrs[PROPOSAL_KEY]["n_pending"] == 1
-    assert study.trials[-2].system_attrs[PROPOSAL_KEY]["n_pending"] == 0
+    assert study.trials[-1].system_attrs[PROPOSAL_KEY]["pending"] == [first.number]
+    assert study.trials[-2].system_attrs[PROPOSAL_KEY]["pending"] == []
     assert abs(math.log10(lr_second) - math.log10(lr_first)) > 0.05

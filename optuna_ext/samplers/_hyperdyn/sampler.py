@@ -43,7 +43,8 @@ _logger = get_logger(__name__)
 
 PROPOSAL_KEY = "HyperdynSampler:proposal"
 """Trial system attr written by a GP proposal: epoch, number of observations, threshold and
-log EI (standardized units), and the fitted length scales."""
+log EI (standardized units), the fitted length scales, and the numbers of the other running
+candidates of the epoch it treated as pending (``"pending"``)."""
 
 _MAX_SEED = 2**31 - 1
 _STREAM_RELATIVE = 0
@@ -451,7 +452,7 @@ class HyperdynSampler(BaseSampler):
         query_t = t if times is not None else None
         threshold = incumbent_threshold(gp, query_t)
         pending = self._pending(trial, list(numeric), box, query_t, trials)
-        search_gp = gp if pending is None else _believer(gp, *pending)
+        search_gp = gp if pending is None else _believer(gp, pending[0], pending[1])
         acqf_seed = int(
             np.random.SeedSequence([*key, _STREAM_ACQF]).generate_state(1)[0] % _MAX_SEED
         )
@@ -475,7 +476,7 @@ class HyperdynSampler(BaseSampler):
                 "params": list(numeric),
                 "lengthscales": [float(v) for v in gp.lengthscales],
                 "kernel": dataclasses.asdict(KernelParams.of(gp)),
-                "n_pending": 0 if pending is None else len(pending[0]),
+                "pending": [] if pending is None else pending[2],
             },
         )
         return {
@@ -489,8 +490,9 @@ class HyperdynSampler(BaseSampler):
         box: UnitBox,
         t: float | None,
         trials: Sequence[FrozenTrial],
-    ) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """The parameters of the other running candidates of the same epoch, in the box.
+    ) -> tuple[np.ndarray, np.ndarray | None, list[int]] | None:
+        """The other running candidates of the same epoch: parameters in the box, epochs and
+        trial numbers (recorded in the proposal as ``"pending"``).
 
         Several workers proposing for one epoch from the same observations would all find
         the same maximum of EI; each proposal treats the candidates still running as
@@ -499,6 +501,7 @@ class HyperdynSampler(BaseSampler):
         the proposal before the incumbent of an epoch) has none.
         """
         rows = []
+        numbers = []
         for other in trials:
             if other.state not in (TrialState.RUNNING, TrialState.WAITING):
                 continue
@@ -507,10 +510,11 @@ class HyperdynSampler(BaseSampler):
             if t is not None and _time_value(other, self._time_param) != t:
                 continue
             rows.append([float(other.params[n]) for n in names])
+            numbers.append(other.number)
         if not rows:
             return None
         X = box.to_unit(np.array(rows))
-        return X, (None if t is None else np.full(len(rows), float(t)))
+        return X, (None if t is None else np.full(len(rows), float(t))), numbers
 
     def sample_independent(
         self,
