@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 import logging
 import math
+import random
 import time
 from typing import Any
 from typing import Literal
@@ -403,7 +404,9 @@ def run(
     once. Without heartbeats a killed worker's RUNNING trial holds its slot for ever and a
     synchronous population waits for it (fail that trial by hand to go on).
 
-    **Residual races.** Two workers may materialize the same slot at the same time; then
+    **Residual races.** A worker that finds slots to open waits a random fraction of
+    ``poll_interval`` first, so that one worker usually opens them and the others find them
+    open. Two workers may still materialize the same slot at the same time; then
     both WAITING trials exist and all but one are cancelled (FAIL with
     ``"PBTSampler:duplicate"``), either right after creation or when claimed. Two claims of
     the same slot that see each other both give it up (it is then materialized again), so a
@@ -498,6 +501,7 @@ def run(
     start = time.monotonic()
     ran = 0
     removed: set[str] = set()
+    stagger = random.Random()
     # Generations that had failed entirely before this call are retried, not reported again.
     known_failures = set(
         _failed_generations(
@@ -512,7 +516,13 @@ def run(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
-        _, trials = sampler._open_slots(study, n_generations)
+        trials = storage.get_all_trials(study._study_id, deepcopy=False)
+        if sampler._openable(Population(trials, sampler.population_size), n_generations):
+            # Slots to open (a generation has just finished): every idle worker sees that
+            # within one poll. A random pause lets one of them open the slots first and the
+            # others see them, instead of each opening (and then cancelling) its own copies.
+            time.sleep(stagger.uniform(0.0, poll_interval))
+            _, trials = sampler._open_slots(study, n_generations)
         population = Population(trials, sampler.population_size)
         if remove_checkpoints:
             _remove_unneeded(population, artifact_store, removed)
@@ -530,7 +540,10 @@ def run(
             continue
         trial = optuna.Trial(study, trial_id)
         if DUPLICATE_KEY in storage.get_trial_system_attrs(trial_id):
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                pass  # finished by another worker that took it too (SQLite has no row locks)
             continue
         _run_segment(
             study, trial, population, train_segment, artifact_store, catch, on_checkpoint_error

@@ -370,17 +370,18 @@ def save_dashboard_plots(study: optuna.Study) -> None:
     """Save :func:`plot_lineage` and :func:`plot_schedule` to the study for optuna-dashboard.
 
     They are stored under the fixed ids :data:`LINEAGE_PLOT_ID` and :data:`SCHEDULE_PLOT_ID`,
-    so saving again replaces them. The schedule is laid out two panels a row to fit the
-    dashboard's box (:data:`DASHBOARD_PLOT_HEIGHT` pixels high).
+    so saving again replaces them; several workers may save them at once
+    (:func:`optuna_ext._storage.save_dashboard_figure`). The schedule is laid out two panels a
+    row to fit the dashboard's box (:data:`DASHBOARD_PLOT_HEIGHT` pixels high).
     """
-    import optuna_dashboard
+    from optuna_ext._storage import save_dashboard_figure
 
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return
-    optuna_dashboard.save_plotly_graph_object(
-        study, plot_lineage(study), graph_object_id=LINEAGE_PLOT_ID
-    )
-    optuna_dashboard.save_plotly_graph_object(
+    # Every worker of `optuna_ext.pbt.run` saves them when the population is done, at the same
+    # time: the save is safe against concurrent writers.
+    save_dashboard_figure(study, plot_lineage(study), graph_object_id=LINEAGE_PLOT_ID)
+    save_dashboard_figure(
         study,
         plot_schedule(study, columns=2, height=DASHBOARD_PLOT_HEIGHT),
         graph_object_id=SCHEDULE_PLOT_ID,

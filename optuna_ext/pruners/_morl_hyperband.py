@@ -265,6 +265,10 @@ class MORLHyperbandPruner(HyperbandPruner):
 
 
 def _stored_bracket(value: object, n_brackets: int) -> int | None:
+    # Called for every trial of the study at every decision (Optuna's bracket study filters
+    # the trials with it): the plain int read back from JSON first, without the ABC check.
+    if type(value) is int:
+        return value if 0 <= value < n_brackets else None
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         if 0 <= int(value) < n_brackets:
             return int(value)

@@ -247,14 +247,19 @@ def prune_at_rung_ends(
             )
         if rung == len(boundaries) - 1:
             return False
-        competing = [
-            float(t.system_attrs[key])
-            for t in trials
-            if t._trial_id != trial._trial_id
-            and t.number not in retried
-            and key in t.system_attrs
-            and math.isfinite(t.system_attrs[key])
-        ]
+        # One pass, one attribute read per trial: this runs over every trial of the study. A
+        # killed trial whose retry competes in its place does not compete itself.
+        competing = []
+        trial_id = trial._trial_id
+        for t in trials:
+            recorded = t.system_attrs.get(key)
+            if (
+                recorded is not None
+                and t._trial_id != trial_id
+                and t.number not in retried
+                and math.isfinite(recorded)
+            ):
+                competing.append(float(recorded))
         competing.append(value)
         # `competing` includes this trial, hence `<=`.
         if len(competing) <= bootstrap_count:

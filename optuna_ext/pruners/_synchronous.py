@@ -2,13 +2,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
 import math
+import random
+import time
 from typing import Any
 from typing import TYPE_CHECKING
+import warnings
 import weakref
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
@@ -26,8 +36,6 @@ from optuna_ext.schedules._recurring import PAPER_STEP_FRACTIONS
 
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from optuna.artifacts._protocol import ArtifactStore
     from optuna.storages import BaseStorage
     import torch
@@ -44,6 +52,9 @@ BRACKET_KEY = f"{_PREFIX}:bracket"
 """The trial system attr holding the bracket (repetition) a trial belongs to (an int)."""
 CONFIG_KEY = f"{_PREFIX}:config"
 """The trial system attr holding a trial's index among its bracket's configurations."""
+DUPLICATE_KEY = f"{_PREFIX}:duplicate"
+"""The trial system attr of a second trial of one configuration, cancelled before it trained
+(two workers started the configuration at the same time)."""
 
 
 def checkpoint_key(rung: int) -> str:
@@ -193,9 +204,12 @@ class SynchronousMORL:
     needs no stored state and works with ``study.optimize`` and many workers. This runner
     waits until every configuration of a round has reached the rung end and then promotes
     exactly the best ``n_{k+1}``, as Algorithm 1 does; every decision sees the whole round.
-    In exchange it suspends trials between rounds: they stay ``RUNNING`` (ask-and-tell), their
-    model and optimizer state is kept (in memory, or in an artifact store), and the rounds run
-    one configuration after another in one process.
+    In exchange it suspends trials between rounds: a configuration that has finished its round
+    waits (its trial ``WAITING``, its model and optimizer state kept in memory or in an
+    artifact store) until the whole round has, and the study is driven by this runner
+    (ask-and-tell), not by ``study.optimize``. (Do not call ``study.ask()`` or
+    ``study.optimize`` on its study meanwhile: ``ask`` takes a WAITING trial, a suspended
+    configuration, first.)
 
     **The training function.** ``train_fn(trial, round)`` is called once per configuration
     and round with a :class:`SynchronousRound`. It reads the configuration with
@@ -209,11 +223,12 @@ class SynchronousMORL:
     reports ``value`` at ``step=b_k`` unless that step was reported. Raising
     :class:`optuna.TrialPruned` drops the configuration (told ``PRUNED``, it never competes).
 
-    **Trials and storage.** Trials stay ``RUNNING`` across rounds; the losers of a round are
-    told ``PRUNED`` (their value is the one at their last rung end), and the survivors of the
-    last round are told ``COMPLETE`` with their value at ``max_resource``. A non-finite value
-    is never promoted and is told ``PRUNED``. Ties go to the configuration asked first. The
-    progress is kept in the storage: the trial system attrs ``"SynchronousMORL:bracket"``,
+    **Trials and storage.** A trial is ``RUNNING`` while a worker trains it and ``WAITING``
+    between its rounds; the losers of a round are told ``PRUNED`` (their value is the one at
+    their last rung end), and the configurations of the last round are told ``COMPLETE`` with
+    their value at ``max_resource``. A non-finite value is never promoted and is told
+    ``PRUNED``. Ties go to the configuration with the lower index. The progress is kept in the
+    storage: the trial system attrs ``"SynchronousMORL:bracket"``,
     ``"SynchronousMORL:config"`` (its index in the bracket) and
     ``"SynchronousMORL:completed_rung_{k}"`` (the value at ``b_k``), and the study system attr
     ``"SynchronousMORL:layout"``, which a runner with other arguments refuses (``ValueError``).
@@ -221,18 +236,33 @@ class SynchronousMORL:
     runner can go on after :meth:`optimize` returned early (``max_rounds``) or raised. With an
     ``artifact_store`` each state is saved as an artifact of its trial (its id in
     ``"SynchronousMORL:checkpoint_{k}"``, loaded with ``weights_only=True``) and not kept in
-    memory, so a new runner in a new process resumes the run: it re-attaches the ``RUNNING``
-    trials by id, skips the rounds done, retrains the configuration that was interrupted from
-    its last state, and ends with the same trials and values as an uninterrupted run when
-    ``train_fn`` is deterministic (and, for a run interrupted in its first round, when the
-    sampler draws the remaining configurations as it would have). Values ``train_fn``
-    reported in the interrupted round before the crash stay, and its second reports of those
-    steps are ignored by Optuna with a warning. A trial that a killed run had just asked for
-    (the study's newest trial, RUNNING, with no parameters and no bracket yet) is taken over
-    rather than left RUNNING. These trials run under ask-and-tell, so Optuna's heartbeat
-    never fails them: a resumed runner re-attaches them itself. The checkpoints of pruned
-    trials are removed; each completed trial keeps its final one. One process at a time may
-    run a study's rounds.
+    memory, so a new runner in a new process resumes the run: it skips the rounds done,
+    retrains the configuration that was interrupted (released as ``WAITING`` by the exception
+    that interrupted it) from its last state, and ends with the same trials and values as an
+    uninterrupted run when ``train_fn`` is deterministic (and, for a run interrupted in its
+    first round, when the sampler draws the remaining configurations as it would have).
+    Values ``train_fn`` reported in the interrupted round before the crash stay, and its
+    second reports of those steps are ignored by Optuna with a warning. The checkpoints of
+    pruned trials are removed; each completed trial keeps its final one.
+
+    **Several workers.** Start :meth:`optimize` with the same arguments, study and artifact
+    store (on a disk or bucket all of them reach) in as many processes or machines as you
+    like, at any time: each takes a configuration of the current round that nobody trains,
+    trains it through the round and takes the next; when none is left it helps in the next
+    bracket, or waits ``poll_interval`` seconds for the round to complete. Every configuration
+    is trained once per round, and the promotions are those of one worker (each sees the whole
+    round). A configuration of the first round is started by creating its trial with its
+    bracket and index in one write; a waiting one is taken with Optuna's atomic ``WAITING``
+    to ``RUNNING`` update. When two workers start the same configuration at once, the trial
+    with the higher number is cancelled (``FAIL``, ``"SynchronousMORL:duplicate"``) before it
+    trains. A worker that leaves between rounds leaves nothing behind. One that is killed
+    while training leaves its trial ``RUNNING``: with Optuna's heartbeat
+    (``RDBStorage(url, heartbeat_interval=..., grace_period=...)``, which the runner records
+    while training) the trial is failed after the grace period and its configuration goes on
+    from its last round in a copy (``"SynchronousMORL:copy_of"``; or in the copy that
+    ``RetryHeartbeatStaleTrialCallback`` makes); without it, the other workers wait for that
+    trial until it is failed by hand. Without an ``artifact_store`` each worker can only
+    continue the configurations it trained itself.
 
     Example:
 
@@ -354,6 +384,11 @@ class SynchronousMORL:
             "schedule_kind": schedule_kind,
             "min_lr": float(min_lr),
         }
+        self._warned_no_heartbeat = False
+        # The brackets found finished, per storage and study id (they never change again).
+        self._done: weakref.WeakKeyDictionary[BaseStorage, dict[int, set[int]]] = (
+            weakref.WeakKeyDictionary()
+        )
         # Without an artifact store: the states of unfinished trials, per storage and trial id.
         self._states: weakref.WeakKeyDictionary[BaseStorage, dict[int, dict[str, Any]]] = (
             weakref.WeakKeyDictionary()
@@ -390,12 +425,14 @@ class SynchronousMORL:
         *,
         n_brackets: int = 1,
         max_rounds: int | None = None,
+        poll_interval: float = 0.5,
     ) -> optuna.trial.FrozenTrial | None:
-        """Run (or resume) brackets ``0 .. n_brackets - 1`` of synchronous successive halving.
+        """Run (or resume, or join) brackets ``0 .. n_brackets - 1`` of synchronous halving.
 
         Brackets whose trials are all finished are skipped; the first unfinished one resumes
         at its first unfinished round. Each bracket asks for fresh configurations, so a
         model-based sampler (e.g. TPE) learns from the trials of the brackets before it.
+        Several processes may call this on one study at once (see the class documentation).
 
         Args:
             study:
@@ -406,8 +443,12 @@ class SynchronousMORL:
                 The number of brackets, i.e. repetitions of successive halving with
                 ``n_configs`` fresh configurations each (``>= 1``).
             max_rounds:
-                Return after this many rounds have been completed in this call (``>= 1``), or
-                :obj:`None` to run all brackets to the end. A later call goes on from there.
+                Return after this many rounds in which this call trained a configuration
+                have been completed (``>= 1``), or :obj:`None` to run all brackets to the
+                end. A later call goes on from there.
+            poll_interval:
+                Seconds to wait, when every configuration that can be trained now is being
+                trained by another worker, before looking again (``> 0``).
 
         Returns:
             The best trial completed in any bracket of this runner in ``study`` so far, or
@@ -418,6 +459,13 @@ class SynchronousMORL:
             max_rounds = check_int("max_rounds", max_rounds, 1)
         if not callable(train_fn):
             raise ValueError(f"The value of `train_fn` is {train_fn!r}, but must be callable.")
+        if not (isinstance(poll_interval, (int, float)) and math.isfinite(poll_interval)) or (
+            poll_interval <= 0
+        ):
+            raise ValueError(
+                f"The value of `poll_interval` is {poll_interval}, but must be "
+                "`poll_interval > 0`."
+            )
         if len(study.directions) != 1:
             raise ValueError(
                 f"The study {study.study_name!r} has {len(study.directions)} objectives, but "
@@ -425,14 +473,39 @@ class SynchronousMORL:
             )
         self._check_layout(study)
 
-        rounds_done = 0
-        for bracket in range(n_brackets):
-            for rung in range(len(self._boundaries)):
-                if max_rounds is not None and rounds_done >= max_rounds:
+        heartbeat = is_heartbeat_enabled(study._storage)
+        trained: set[tuple[int, int]] = set()  # the rounds (bracket, rung) this call trained in
+        rng = random.Random()
+        collided = False
+        while True:
+            if heartbeat:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            views = self._views(study, study.get_trials(deepcopy=False), n_brackets)
+            if any(self._settle(study, view) for view in views):
+                continue  # something changed: look again
+            if max_rounds is not None:
+                closed = 0
+                for b, k in trained:
+                    open_rung = views[b].rung
+                    closed += open_rung is None or k < open_rung
+                if closed >= max_rounds:
                     return self._best_trial(study)
-                if self._run_round(study, train_fn, bracket, rung):
-                    rounds_done += 1
-        return self._best_trial(study)
+            if all(view.rung is None for view in views):
+                return self._best_trial(study)
+            unit = self._next_unit(study, views, rng if collided else None)
+            if unit is None:
+                self._wait_or_raise(study, views, heartbeat, poll_interval)
+                continue
+            view, config = unit
+            trial = self._claim(study, view, config)
+            if trial is None:
+                collided = True  # another worker was first: pick at random from now on
+                continue
+            assert view.rung is not None
+            trained.add((view.bracket, view.rung))
+            self._train(study, trial, train_fn, view.bracket, view.rung, heartbeat)
 
     # ----------------------------------------------------------------------------------------
 
@@ -449,117 +522,230 @@ class SynchronousMORL:
                 "run with the arguments it started with, or start a new study."
             )
 
-    def _bracket_trials(
-        self, study: optuna.Study, bracket: int
-    ) -> dict[int, optuna.trial.FrozenTrial]:
-        """The trials of ``bracket`` by configuration index."""
-        trials: dict[int, optuna.trial.FrozenTrial] = {}
-        for t in study.get_trials(deepcopy=False):
-            if t.system_attrs.get(BRACKET_KEY) == bracket and CONFIG_KEY in t.system_attrs:
-                trials[int(t.system_attrs[CONFIG_KEY])] = t
-        return trials
+    def _views(
+        self, study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial], n_brackets: int
+    ) -> list[_BracketView]:
+        """The views of brackets ``0 .. n_brackets - 1``, from one pass over the trials.
 
-    def _participants(
-        self, trials: dict[int, optuna.trial.FrozenTrial], rung: int, maximize: bool
-    ) -> list[int] | None:
-        """The configuration indices of round ``rung``, or None while an earlier one is open.
-
-        Round 0 has all ``n_configs``; round ``k + 1`` the best ``n_{k+1}`` of round ``k`` by
-        finite value at ``b_k``, ties to the lower index. A configuration dropped by
-        ``train_fn`` (finished without a value) does not compete.
+        A bracket whose trials are all finished never changes again: it is remembered (per
+        storage and study) and not looked at again, so a step costs little more than reading
+        the trials however many brackets the study has done.
         """
-        members = list(range(self._n_configs))
-        for k in range(rung):
-            key = rung_value_key(k)
-            for i in members:
-                t = trials.get(i)
-                if t is None or (key not in t.system_attrs and t.state == TrialState.RUNNING):
-                    return None
-            scored = [
-                (float(trials[i].system_attrs[key]), i)
-                for i in members
-                if trials[i].system_attrs.get(key) is not None
-            ]
-            scored.sort(key=lambda vi: (-vi[0] if maximize else vi[0], vi[1]))
-            members = sorted(i for _, i in scored[: self._n_per_rung[k + 1]])
-        return members
-
-    def _run_round(self, study: optuna.Study, train_fn: TrainFn, bracket: int, rung: int) -> bool:
-        """Run round ``rung`` of ``bracket`` unless it is closed; return whether it ran."""
-        maximize = study.direction == StudyDirection.MAXIMIZE
-        trials = self._bracket_trials(study, bracket)
-        members = self._participants(trials, rung, maximize)
-        if members is None:
-            raise AssertionError("unreachable: the rounds of a bracket run in order")
-        is_last = rung == len(self._boundaries) - 1
-        if self._is_closed(trials, members, rung, maximize):
-            return False
-
-        key = rung_value_key(rung)
-        start = self._boundaries[rung - 1] if rung > 0 else 0
-        end = self._boundaries[rung]
-        _logger.info(
-            f"SynchronousMORL bracket {bracket}, round {rung}: {len(members)} configurations, "
-            f"epochs {start} to {end}."
-        )
-        for i in members:
-            frozen = trials.get(i)
-            if frozen is None:
-                trial = self._new_trial(study)
-                study._storage.set_trial_system_attr(trial._trial_id, BRACKET_KEY, bracket)
-                study._storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, i)
-            elif key in frozen.system_attrs or frozen.state != TrialState.RUNNING:
+        done = self._done.setdefault(study._storage, {}).setdefault(study._study_id, set())
+        by_bracket: dict[int, list[optuna.trial.FrozenTrial]] = {}
+        for t in trials:
+            bracket = t.system_attrs.get(BRACKET_KEY)
+            if isinstance(bracket, int) and 0 <= bracket < n_brackets and bracket not in done:
+                by_bracket.setdefault(bracket, []).append(t)
+        views = []
+        for b in range(n_brackets):
+            if b in done:
+                views.append(_BracketView(bracket=b))
                 continue
+            view = self._view(study, by_bracket.get(b, []), b)
+            if view.rung is None and all(t.state.is_finished() for t in by_bracket.get(b, [])):
+                done.add(b)
+            views.append(view)
+        return views
+
+    def _view(
+        self, study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial], bracket: int
+    ) -> _BracketView:
+        """The state of ``bracket``: its configurations' trials, open round and losers."""
+        by_config: dict[int, list[optuna.trial.FrozenTrial]] = {}
+        for t in trials:
+            attrs = t.system_attrs
+            if attrs.get(BRACKET_KEY) != bracket or CONFIG_KEY not in attrs:
+                continue
+            if DUPLICATE_KEY in attrs:
+                continue
+            by_config.setdefault(int(attrs[CONFIG_KEY]), []).append(t)
+        view = _BracketView(bracket=bracket)
+        for i, candidates in by_config.items():
+            candidates.sort(key=lambda t: t.number)
+            alive = [t for t in candidates if t.state != TrialState.FAIL]
+            if alive:
+                # The lowest-numbered trial of a configuration is its trial; one made at the
+                # same time by another worker has a higher number and is cancelled.
+                view.configs[i] = alive[0]
+                view.extra.extend(alive[1:])
             else:
-                # A trial of an earlier round or an earlier run: re-attach it by id.
-                trial = optuna.trial.Trial(study, frozen._trial_id)
-            self._train(study, trial, train_fn, bracket, rung, start, end, is_last)
+                view.lost[i] = candidates[-1]
+        maximize = study.direction == StudyDirection.MAXIMIZE
+        members = list(range(self._n_configs))
+        for rung in range(len(self._boundaries)):
+            key = rung_value_key(rung)
+            is_last = rung == len(self._boundaries) - 1
+            done = all(
+                i in view.configs
+                and (view.configs[i].state.is_finished() or (key in view.configs[i].system_attrs))
+                and (not is_last or view.configs[i].state.is_finished())
+                for i in members
+            )
+            if not done:
+                view.rung, view.members = rung, members
+                return view
+            if is_last:
+                break
+            survivors = self._survivors(view.configs, members, rung, maximize)
+            view.losers.extend(
+                view.configs[i]
+                for i in members
+                if i not in survivors and not view.configs[i].state.is_finished()
+            )
+            members = survivors
+        view.rung, view.members = None, []
+        return view
 
-        trials = self._bracket_trials(study, bracket)
-        survivors = set() if is_last else set(self._participants(trials, rung + 1, maximize) or ())
-        self._tell(study, trials, members, survivors, rung)
-        return True
-
-    def _new_trial(self, study: optuna.Study) -> optuna.trial.Trial:
-        """Ask for a configuration's trial, or adopt the one a killed run had just asked for.
-
-        A run killed between ``study.ask()`` and writing the trial's configuration index leaves
-        the study's newest trial RUNNING, unlabelled and without parameters; it is taken over,
-        so that the trial numbers (and what a sampler seeded by them draws) stay those of an
-        uninterrupted run, and no trial is left RUNNING for ever.
-        """
-        trials = study.get_trials(deepcopy=False)
-        if trials:
-            newest = trials[-1]
-            if (
-                newest.state == TrialState.RUNNING
-                and CONFIG_KEY not in newest.system_attrs  # written after BRACKET_KEY
-                and not newest.params
-                and not newest.intermediate_values
-            ):
-                _logger.info(
-                    f"SynchronousMORL: trial {newest.number}, asked for by a run that stopped "
-                    "before it was used, is taken over."
-                )
-                return optuna.trial.Trial(study, newest._trial_id)
-        return study.ask()
-
-    def _is_closed(
+    def _survivors(
         self,
-        trials: dict[int, optuna.trial.FrozenTrial],
-        members: list[int],
+        configs: Mapping[int, optuna.trial.FrozenTrial],
+        members: Sequence[int],
         rung: int,
         maximize: bool,
-    ) -> bool:
-        """Whether every member of the round has its value and only survivors still run."""
+    ) -> list[int]:
+        """The best ``n_{rung+1}`` of round ``rung`` by finite value at ``b_rung``, ties to the
+        lower index; a configuration dropped by ``train_fn`` (no value) does not compete."""
         key = rung_value_key(rung)
-        running = [i for i in members if i not in trials or trials[i].state == TrialState.RUNNING]
-        if any(i not in trials or key not in trials[i].system_attrs for i in running):
-            return False
-        if rung == len(self._boundaries) - 1:
-            return not running
-        survivors = set(self._participants(trials, rung + 1, maximize) or ())
-        return all(i in survivors for i in running)
+        scored = [
+            (float(configs[i].system_attrs[key]), i)
+            for i in members
+            if configs[i].system_attrs.get(key) is not None
+        ]
+        scored.sort(key=lambda vi: (-vi[0] if maximize else vi[0], vi[1]))
+        return sorted(i for _, i in scored[: self._n_per_rung[rung + 1]])
+
+    def _settle(self, study: optuna.Study, view: _BracketView) -> bool:
+        """Cancel second trials of a configuration, tell the losers of closed rounds PRUNED and
+        copy the configurations whose worker was lost; return whether anything changed."""
+        storage = study._storage
+        changed = False
+        for t in view.extra:
+            if t.state == TrialState.WAITING and _claim_waiting(storage, t._trial_id):
+                storage.set_trial_system_attr(t._trial_id, DUPLICATE_KEY, True)
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                changed = True
+        for t in view.losers:
+            if t.state == TrialState.WAITING and _claim_waiting(storage, t._trial_id):
+                self._drop_state(study, t._trial_id, _last_rung_done(t))
+                self._states.get(storage, {}).pop(t._trial_id, None)
+                study.tell(t.number, state=TrialState.PRUNED)
+                changed = True
+        for i, t in view.lost.items():
+            if i in view.members:
+                # Its worker was lost (the trial failed as stale): go on from its last round.
+                storage.create_new_trial(study._study_id, template_trial=_copy_of(t))
+                _logger.warning(
+                    f"SynchronousMORL: trial {t.number} (bracket {view.bracket}, configuration "
+                    f"{i}) failed while it was trained; its configuration goes on in a copy."
+                )
+                changed = True
+        return changed
+
+    def _next_unit(
+        self, study: optuna.Study, views: Sequence[_BracketView], rng: random.Random | None
+    ) -> tuple[_BracketView, int] | None:
+        """The first bracket with a configuration to train now, and that configuration.
+
+        Configurations of the earliest bracket come first; within it the lowest index, or,
+        after a collision with another worker, one chosen at random.
+        """
+        memory = self._states.get(study._storage, {})
+        for view in views:
+            if view.rung is None:
+                continue
+            key = rung_value_key(view.rung)
+            ready = []
+            for i in view.members:
+                t = view.configs.get(i)
+                if t is None:
+                    if view.rung == 0 and i not in view.lost:
+                        ready.append(i)
+                elif t.state == TrialState.WAITING and key not in t.system_attrs:
+                    if view.rung == 0 or self._artifact_store is not None or t._trial_id in memory:
+                        ready.append(i)
+            if ready:
+                return view, (rng.choice(ready) if rng is not None else ready[0])
+        return None
+
+    def _claim(
+        self, study: optuna.Study, view: _BracketView, config: int
+    ) -> optuna.trial.Trial | None:
+        """Take ``config`` of the view's open round for this worker, or None if another was first.
+
+        A configuration of the first round without a trial gets a new RUNNING trial (its
+        bracket and index in the same write); a waiting one is claimed by Optuna's atomic
+        WAITING -> RUNNING update. Then the claim is checked against the trials of the
+        configuration: when a lower-numbered one exists (made at the same time by another
+        worker), this one is cancelled.
+        """
+        storage = study._storage
+        existing = view.configs.get(config)
+        if existing is None:
+            template = optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                system_attrs={BRACKET_KEY: view.bracket, CONFIG_KEY: config},
+            )
+            trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+        else:
+            trial_id = existing._trial_id
+            if not _claim_waiting(storage, trial_id):
+                return None
+        if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+            # At once: a worker killed before its heartbeat thread starts still leaves a
+            # trial that becomes stale.
+            storage.record_heartbeat(trial_id)
+        again = self._view(study, study.get_trials(deepcopy=False), view.bracket)
+        mine = again.configs.get(config)
+        if mine is None or mine._trial_id != trial_id:
+            storage.set_trial_system_attr(trial_id, DUPLICATE_KEY, True)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            return None
+        study._thread_local.cached_all_trials = None
+        return optuna.trial.Trial(study, trial_id)
+
+    def _wait_or_raise(
+        self,
+        study: optuna.Study,
+        views: Sequence[_BracketView],
+        heartbeat: bool,
+        poll_interval: float,
+    ) -> None:
+        """Nothing to train now: wait for the other workers, or raise if none is training."""
+        running = [
+            t
+            for view in views
+            if view.rung is not None
+            for t in (*view.configs.values(), *view.extra, *view.losers)
+            if t.state == TrialState.RUNNING
+        ]
+        if not running:
+            memory = self._states.get(study._storage, {})
+            stuck = [
+                t
+                for view in views
+                for t in view.configs.values()
+                if t.state == TrialState.WAITING and t._trial_id not in memory
+            ]
+            if stuck and self._artifact_store is None:
+                raise RuntimeError(
+                    f"Trial {stuck[0].number} completed round {_last_rung_done(stuck[0])}, but "
+                    "its state is not in this runner's memory: the run was started by another "
+                    "runner without an `artifact_store`. Pass the artifact store the states "
+                    "were saved in (several workers need one)."
+                )
+            raise RuntimeError(  # pragma: no cover - every open round has a unit or a runner
+                "SynchronousMORL found nothing to train and no trial being trained."
+            )
+        if not heartbeat and not self._warned_no_heartbeat:
+            self._warned_no_heartbeat = True
+            _logger.info(
+                f"SynchronousMORL: waiting for trials {[t.number for t in running]} that other "
+                "workers are training. The storage has no heartbeat: if such a worker was "
+                "killed, fail its trial by hand (`study.tell(number, state=TrialState.FAIL)`) "
+                "and the configuration goes on in a copy."
+            )
+        time.sleep(poll_interval)
 
     def _train(
         self,
@@ -568,60 +754,77 @@ class SynchronousMORL:
         train_fn: TrainFn,
         bracket: int,
         rung: int,
-        start: int,
-        end: int,
-        is_last: bool,
+        heartbeat: bool,
     ) -> None:
+        """Train ``trial`` through round ``rung``; park it (WAITING) or tell it at the end."""
         storage = study._storage
-        state = self._load_state(study, trial, rung)
-        round_ = SynchronousRound(
-            bracket=bracket,
-            rung=rung,
-            start_epoch=start,
-            end_epoch=end,
-            is_last=is_last,
-            state=state,
-            schedule_boundaries=self.schedule_boundaries,
-            schedule_kind=self._schedule_kind,
-            min_lr=self._min_lr,
-        )
+        start = self._boundaries[rung - 1] if rung > 0 else 0
+        end = self._boundaries[rung]
+        is_last = rung == len(self._boundaries) - 1
         try:
-            result = train_fn(trial, round_)
+            with get_heartbeat_thread(trial._trial_id, storage):
+                state = self._load_state(study, trial, rung)
+                round_ = SynchronousRound(
+                    bracket=bracket,
+                    rung=rung,
+                    start_epoch=start,
+                    end_epoch=end,
+                    is_last=is_last,
+                    state=state,
+                    schedule_boundaries=self.schedule_boundaries,
+                    schedule_kind=self._schedule_kind,
+                    min_lr=self._min_lr,
+                )
+                result = train_fn(trial, round_)
+                value, new_state = _check_result(result)
+                # Save the state before recording the rung value: a run interrupted in between
+                # retrains this round from the previous state.
+                if self._artifact_store is not None:
+                    artifact_id = save_checkpoint(
+                        new_state,
+                        artifact_store=self._artifact_store,
+                        study_or_trial=trial,
+                        filename=f"synchronous_morl_rung{rung}.pt",
+                    )
+                    storage.set_trial_system_attr(
+                        trial._trial_id, checkpoint_key(rung), artifact_id
+                    )
+                else:
+                    self._states.setdefault(storage, {})[trial._trial_id] = dict(new_state)
+                frozen = storage.get_trial(trial._trial_id)
+                if end not in frozen.intermediate_values:
+                    trial.report(value, step=end)
+                storage.set_trial_system_attr(
+                    trial._trial_id, rung_value_key(rung), value if math.isfinite(value) else None
+                )
         except optuna.TrialPruned:
             self._drop_state(study, trial._trial_id, rung - 1)
+            self._states.get(storage, {}).pop(trial._trial_id, None)
             study.tell(trial, state=TrialState.PRUNED)
             return
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise ValueError(
-                f"`train_fn` returned {type(result).__name__}, but must return a pair "
-                "`(value, state)`."
-            )
-        value = float(result[0])
-        new_state = result[1]
-        if not isinstance(new_state, Mapping):
-            raise ValueError(
-                f"`train_fn` returned a state of type {type(new_state).__name__}, but the state "
-                "must be a mapping (e.g. a dict of state dicts)."
-            )
-        # Save the state before recording the rung value: a run interrupted in between
-        # retrains this round from the previous state.
-        if self._artifact_store is not None:
-            artifact_id = save_checkpoint(
-                new_state,
-                artifact_store=self._artifact_store,
-                study_or_trial=trial,
-                filename=f"synchronous_morl_rung{rung}.pt",
-            )
-            storage.set_trial_system_attr(trial._trial_id, checkpoint_key(rung), artifact_id)
-        else:
-            self._states.setdefault(storage, {})[trial._trial_id] = dict(new_state)
-        frozen = storage.get_trial(trial._trial_id)
-        if end not in frozen.intermediate_values:
-            trial.report(value, step=end)
-        storage.set_trial_system_attr(
-            trial._trial_id, rung_value_key(rung), value if math.isfinite(value) else None
-        )
+        except BaseException:
+            # Interrupted (an error, Ctrl-C): the configuration waits for the next worker, which
+            # trains this round again from the previous state.
+            try:
+                storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING)
+            except Exception:  # pragma: no cover - the storage is gone as well
+                _logger.warning(f"SynchronousMORL: could not release trial {trial.number}.")
+            raise
         self._drop_state(study, trial._trial_id, rung - 1)
+        _logger.info(
+            f"SynchronousMORL bracket {bracket}, round {rung}: trial {trial.number} trained to "
+            f"epoch {end}."
+        )
+        if is_last:
+            self._states.get(storage, {}).pop(trial._trial_id, None)
+            if math.isfinite(value):
+                study.tell(trial, value)
+            else:
+                self._drop_state(study, trial._trial_id, rung)
+                study.tell(trial, state=TrialState.PRUNED)
+        else:
+            # Suspended until the round is complete: then it goes on, or is told PRUNED.
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING)
 
     def _load_state(
         self, study: optuna.Study, trial: optuna.trial.Trial, rung: int
@@ -658,34 +861,6 @@ class SynchronousMORL:
         if artifact_id is not None:
             remove_checkpoint(artifact_store=self._artifact_store, artifact_id=artifact_id)
 
-    def _tell(
-        self,
-        study: optuna.Study,
-        trials: dict[int, optuna.trial.FrozenTrial],
-        members: list[int],
-        survivors: set[int],
-        rung: int,
-    ) -> None:
-        """Tell the losers of round ``rung`` PRUNED, or its members COMPLETE after the last."""
-        key = rung_value_key(rung)
-        is_last = rung == len(self._boundaries) - 1
-        memory = self._states.get(study._storage, {})
-        for i in members:
-            t = trials[i]
-            if t.state != TrialState.RUNNING or i in survivors:
-                continue
-            value = t.system_attrs.get(key)
-            if is_last and value is not None:
-                study.tell(t.number, float(value))
-            else:
-                self._drop_state(study, t._trial_id, rung)
-                study.tell(t.number, state=TrialState.PRUNED)
-            memory.pop(t._trial_id, None)
-        _logger.info(
-            f"SynchronousMORL round {rung} done: "
-            + ("completed." if is_last else f"{len(survivors)} of {len(members)} promoted.")
-        )
-
     def _best_trial(self, study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         completed = [
             t
@@ -697,3 +872,70 @@ class SynchronousMORL:
         if study.direction == StudyDirection.MAXIMIZE:
             return max(completed, key=lambda t: (t.value, -t.number))
         return min(completed, key=lambda t: (t.value, t.number))
+
+
+@dataclass
+class _BracketView:
+    """One bracket as read from the trials.
+
+    Attributes:
+        bracket: The bracket.
+        configs: The trial of each configuration that has one (not failed; the lowest number).
+        extra: Further live trials of a configuration, made by two workers at once.
+        lost: The last trial of each configuration whose every trial failed (killed workers).
+        rung: The first round not complete yet, or None when the bracket is done.
+        members: The configurations of that round.
+        losers: Configurations out of a complete round that are not told PRUNED yet.
+    """
+
+    bracket: int
+    configs: dict[int, optuna.trial.FrozenTrial] = field(default_factory=dict)
+    extra: list[optuna.trial.FrozenTrial] = field(default_factory=list)
+    lost: dict[int, optuna.trial.FrozenTrial] = field(default_factory=dict)
+    rung: int | None = None
+    members: list[int] = field(default_factory=list)
+    losers: list[optuna.trial.FrozenTrial] = field(default_factory=list)
+
+
+def _claim_waiting(storage: BaseStorage, trial_id: int) -> bool:
+    """Optuna's atomic WAITING -> RUNNING update: True for the one process that made it."""
+    try:
+        return storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+    except UpdateFinishedTrialError:
+        return False
+
+
+def _last_rung_done(trial: optuna.trial.FrozenTrial) -> int:
+    """The last round whose value the trial has recorded, or -1."""
+    rung = -1
+    while rung_value_key(rung + 1) in trial.system_attrs:
+        rung += 1
+    return rung
+
+
+def _copy_of(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    """A WAITING copy of a failed trial, with its configuration, progress and checkpoints."""
+    return optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=trial.user_attrs,
+        system_attrs={**trial.system_attrs, f"{_PREFIX}:copy_of": trial.number},
+        intermediate_values=trial.intermediate_values,
+    )
+
+
+def _check_result(result: object) -> tuple[float, Mapping[str, Any]]:
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ValueError(
+            f"`train_fn` returned {type(result).__name__}, but must return a pair "
+            "`(value, state)`."
+        )
+    value = float(result[0])
+    new_state = result[1]
+    if not isinstance(new_state, Mapping):
+        raise ValueError(
+            f"`train_fn` returned a state of type {type(new_state).__name__}, but the state "
+            "must be a mapping (e.g. a dict of state dicts)."
+        )
+    return value, new_state

@@ -163,7 +163,7 @@ def test_the_top_of_each_round_is_promoted(direction: Direction) -> None:
         assert t.state == (TrialState.COMPLETE if t.last_step == 27 else TrialState.PRUNED)
 
 
-def test_trials_stay_running_and_get_their_state_back() -> None:
+def test_trials_run_while_trained_and_get_their_state_back() -> None:
     seen: list[tuple[int, int, Any]] = []
 
     def train_fn(trial: optuna.trial.Trial, round_: SynchronousRound) -> tuple[float, dict]:
@@ -372,7 +372,7 @@ def test_max_rounds_returns_and_the_same_runner_goes_on_in_memory() -> None:
     assert runner.optimize(study, recorder, max_rounds=1) is None
     assert len(recorder.calls) == 9
     states = Counter(t.state for t in study.trials)
-    assert states == {TrialState.RUNNING: 3, TrialState.PRUNED: 6}
+    assert states == {TrialState.WAITING: 3, TrialState.PRUNED: 6}  # suspended survivors
     best = runner.optimize(study, recorder, max_rounds=5)
     assert [c[1] for c in recorder.calls] == [0] * 9 + [1] * 3 + [2]
     assert best is not None and best.state == TrialState.COMPLETE
@@ -490,8 +490,9 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(
     )
     with pytest.raises(KeyboardInterrupt):
         _runner(store).optimize(study, train_module.Train(fail_at_call=11))
-    running = study.get_trials(states=(TrialState.RUNNING,))
-    assert len(running) == 3  # round 1's configurations, suspended
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 3  # round 1's configurations: suspended, or released by the crash
     resumed = optuna.load_study(
         storage=storage_url, study_name="s", sampler=optuna.samplers.RandomSampler(seed=99)
     )
@@ -559,7 +560,7 @@ def test_resume_after_max_rounds_in_a_fresh_process(
     )
     study = optuna.load_study(storage=sqlite_url, study_name="s")
     assert Counter(t.state for t in study.trials) == {
-        TrialState.RUNNING: 3,
+        TrialState.WAITING: 3,
         TrialState.PRUNED: 6,
     }
     train = train_module.Train()

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import datetime
+import functools
 import logging
 import math
 import time
@@ -15,6 +16,9 @@ from optuna.samplers import BaseSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import TrialState
 
+from optuna_ext._storage import keep_alive
+from optuna_ext._storage import retry_on_write_conflict
+from optuna_ext._storage import save_dashboard_figure
 from optuna_ext.metrics._keys import KNOWLEDGE_GAIN_Z_KEY
 from optuna_ext.samplers._autohyper._search import Attempt
 from optuna_ext.samplers._autohyper._search import AutoHyperSearch
@@ -52,6 +56,11 @@ PLOT_ID = "autohyper-z"
 
 _LR_RTOL = 1e-9
 _MAX_CLAIM_ROUNDS = 16
+# When every upcoming grid point is held by a running trial, a new trial waits (polling the
+# storage) for one of them to finish for at most this long before it measures a held point
+# again. A held point is freed sooner when its holder is presumed dead (see below).
+_MAX_WAIT_SECONDS = 60.0
+_MAX_POLL_SECONDS = 1.0
 # A RUNNING trial that has held its point for longer than max(_STALE_FACTOR * the longest
 # finished autoHyper trial, _STALE_MIN_SECONDS) is presumed dead (killed without being marked
 # FAIL), and its point is handed out again.
@@ -301,9 +310,13 @@ class AutoHyperSampler(BaseSampler):
       them with the same rate (a re-grid makes them stale, and they are ignored). The
       decisions are therefore exactly those of a single worker. A claim is written, then
       re-checked against the other running trials; on a collision both trials pick again,
-      after a random pause, among the first few free points at random. Only when every
-      upcoming point is taken does a trial re-evaluate the next point (the first finished
-      measurement, by trial number, is used).
+      after a random pause, among the first few free points at random. When every upcoming
+      point is taken (a slow trial that the other workers have run far ahead of), a new
+      trial waits for one of them to finish, polling the storage, rather than measure a
+      held point twice; only after a minute of waiting does it re-evaluate the next point
+      (the first finished measurement, by trial number, is used). A trial that asks for the
+      rate while it alone holds every upcoming point (several trials asked before any is
+      told, in one thread) therefore waits that minute.
     - Failed trials: a FAIL trial, and a PRUNED or COMPLETE trial without a valid ``Z``, are a
       failed attempt; the point is re-assigned up to ``max_retries`` times and then skipped
       (the walk continues at the next grid point). A PRUNED trial with a valid ``Z`` is used.
@@ -538,13 +551,15 @@ class AutoHyperSampler(BaseSampler):
             return
         param_name, z_source, search = stored
         z = _checked_z(trial, state, values, param_name, z_source)
-        book = _Book.read(
-            study._get_trials(deepcopy=False),
-            z_source,
-            current=(trial._trial_id, state, z),
-        )
-        new_state = replay(search, book.attempts)
-        self._publish(study, new_state)
+        # Optuna's heartbeat thread has stopped: keep the trial from looking stale to the
+        # other workers while the search is replayed and the figure saved.
+        with keep_alive(study, trial._trial_id):
+            book = _Book.read(
+                study._get_trials(deepcopy=False),
+                z_source,
+                current=(trial._trial_id, state, z),
+            )
+            self._publish(study, replay(search, book.attempts))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -579,7 +594,10 @@ class AutoHyperSampler(BaseSampler):
     def _claim(self, study: Study, trial: FrozenTrial, search: AutoHyperSearch) -> float:
         trials = study._get_trials(deepcopy=False)
         point: GridPoint | None = None
-        for round_ in range(_MAX_CLAIM_ROUNDS):
+        round_ = 0
+        waited = 0.0
+        n_polls = 0
+        while round_ < _MAX_CLAIM_ROUNDS:
             book = _Book.read(trials, self._z_source, exclude_trial_id=trial._trial_id, now=_now())
             state = replay(search, book.attempts)
             if state.finished:
@@ -587,6 +605,25 @@ class AutoHyperSampler(BaseSampler):
             # First try: the first free point. After a collision: one of the first `round_ + 1`
             # free points at random, so that colliding trials drift apart.
             free = self._free_points(search, state, book, round_ + 1)
+            if not free and waited < _MAX_WAIT_SECONDS:
+                # Every upcoming point is held by a running trial (other workers, or one slow
+                # trial that the others have run far ahead of): wait for one to finish rather
+                # than measure a held point twice.
+                self._log_once(
+                    study,
+                    "wait",
+                    logging.INFO,
+                    "AutoHyperSampler: every upcoming grid point is held by a running trial; "
+                    "trial %d waits for one of them to finish.",
+                    trial.number,
+                )
+                pause = min(_MAX_POLL_SECONDS, 0.01 * 2**n_polls)
+                pause *= 0.5 + float(self._rng.rng.random_sample())
+                time.sleep(pause)
+                waited += pause
+                n_polls += 1
+                trials = study._get_trials(deepcopy=False)
+                continue
             if not free:
                 point = state.next_point
                 assert point is not None
@@ -594,8 +631,10 @@ class AutoHyperSampler(BaseSampler):
                     study,
                     "duplicate",
                     logging.WARNING,
-                    "AutoHyperSampler: every upcoming grid point is held by a running trial; "
-                    "trial %d re-evaluates lr=%.6g (the first finished measurement is used).",
+                    "AutoHyperSampler: every upcoming grid point has been held by a running "
+                    "trial for %.0f s; trial %d re-evaluates lr=%.6g (the first finished "
+                    "measurement is used).",
+                    waited,
                     trial.number,
                     point.lr,
                 )
@@ -616,6 +655,7 @@ class AutoHyperSampler(BaseSampler):
             _logger.debug("AutoHyperSampler: trial %d lost point %s", trial.number, point)
             pause = 0.001 * 2 ** min(round_, 6) * float(self._rng.rng.random_sample())
             time.sleep(pause)
+            round_ += 1
         assert point is not None
         _logger.warning(
             "AutoHyperSampler: trial %d could not claim a free grid point after %d rounds; it "
@@ -661,6 +701,8 @@ class AutoHyperSampler(BaseSampler):
             trial.number,
             lr,
         )
+        if self._publish_result(study, state) and self._save_plot:
+            self._save_figure(study, state)
         _try_stop(study)
         return lr
 
@@ -669,7 +711,11 @@ class AutoHyperSampler(BaseSampler):
         current = storage.get_study_user_attrs(study_id)
         bounds = list(state.bounds_reached)
         if bounds and current.get(USER_ATTR_BOUNDS) != bounds:
-            storage.set_study_user_attr(study_id, USER_ATTR_BOUNDS, bounds)
+            # Every worker writes the same derived values here, often at the same time.
+            retry_on_write_conflict(
+                lambda: storage.set_study_user_attr(study_id, USER_ATTR_BOUNDS, bounds),
+                what=f"the study user attr {USER_ATTR_BOUNDS!r}",
+            )
             _logger.warning(
                 "AutoHyperSampler: the search reached the %s bound(s) of the distribution of "
                 "`%s`; it does not go past them.",
@@ -677,38 +723,57 @@ class AutoHyperSampler(BaseSampler):
                 self._param_name,
             )
         if state.finished:
-            result = _to_result(state)
-            attrs = {
-                USER_ATTR_BEST_LR: result.lr,
-                USER_ATTR_CONVERGED: result.converged,
-                USER_ATTR_REASON: result.reason,
-                USER_ATTR_N_TRIALS: result.n_trials,
-            }
-            if any(current.get(k, _UNSET) != v for k, v in attrs.items()):
-                for k, v in attrs.items():
-                    storage.set_study_user_attr(study_id, k, v)
-                if result.converged:
-                    _logger.info(
-                        "AutoHyperSampler converged after %d evaluations (%s): %s=%.6g.",
-                        result.n_trials,
-                        result.reason,
-                        self._param_name,
-                        result.lr,
-                    )
-                else:
-                    _logger.warning(
-                        "AutoHyperSampler stopped after %d evaluations without converging (%s).",
-                        result.n_trials,
-                        result.reason,
-                    )
+            self._publish_result(study, state, current)
         if self._save_plot:
             self._save_figure(study, state)
         if state.finished:
             _try_stop(study)
 
+    def _publish_result(
+        self, study: Study, state: SearchState, current: dict[str, Any] | None = None
+    ) -> bool:
+        """Write the finished search's result to the study user attrs; whether they changed.
+
+        Called by the trial that finishes the search, and again by every trial that finds it
+        finished: two workers whose trials finish the search at the same time each see the
+        other's still running, so neither may see the search finished in ``after_trial``.
+        """
+        storage, study_id = study._storage, study._study_id
+        if current is None:
+            current = storage.get_study_user_attrs(study_id)
+        result = _to_result(state)
+        attrs = {
+            USER_ATTR_BEST_LR: result.lr,
+            USER_ATTR_CONVERGED: result.converged,
+            USER_ATTR_REASON: result.reason,
+            USER_ATTR_N_TRIALS: result.n_trials,
+        }
+        if any(current.get(k, _UNSET) != v for k, v in attrs.items()):
+            for k, v in attrs.items():
+                retry_on_write_conflict(
+                    functools.partial(storage.set_study_user_attr, study_id, k, v),
+                    what=f"the study user attr {k!r}",
+                )
+            if result.converged:
+                _logger.info(
+                    "AutoHyperSampler converged after %d evaluations (%s): %s=%.6g.",
+                    result.n_trials,
+                    result.reason,
+                    self._param_name,
+                    result.lr,
+                )
+            else:
+                _logger.warning(
+                    "AutoHyperSampler stopped after %d evaluations without converging (%s).",
+                    result.n_trials,
+                    result.reason,
+                )
+            return True
+        return False
+
     def _save_figure(self, study: Study, state: SearchState) -> None:
         try:
-            from optuna_dashboard import save_plotly_graph_object
+            import optuna_dashboard  # noqa: F401
             import plotly.graph_objects as go
         except ImportError:  # pragma: no cover - both are dependencies of optuna-ext
             self._log_once(
@@ -753,7 +818,8 @@ class AutoHyperSampler(BaseSampler):
             legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
         )
         try:
-            save_plotly_graph_object(study, fig, graph_object_id=PLOT_ID)
+            # Safe against the other workers rewriting the figure at the same time.
+            save_dashboard_figure(study, fig, graph_object_id=PLOT_ID)
         except Exception as e:  # a figure must never break the study
             self._log_once(
                 study, "plot", logging.WARNING, "AutoHyperSampler: cannot save the figure: %s", e

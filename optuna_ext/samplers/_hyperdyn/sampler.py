@@ -20,11 +20,13 @@ from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
+import torch
 
 from optuna_ext._gp.acqf import incumbent_threshold
 from optuna_ext._gp.acqf import maximize_log_ei
 from optuna_ext._gp.box import UnitBox
 from optuna_ext._gp.gp import fit_gp
+from optuna_ext._gp.gp import GPRegressor
 from optuna_ext._gp.gp import KernelParams
 from optuna_ext._gp.gp import single_thread
 from optuna_ext._gp.kernels import check_time_kernel_params
@@ -41,13 +43,15 @@ _logger = get_logger(__name__)
 
 PROPOSAL_KEY = "HyperdynSampler:proposal"
 """Trial system attr written by a GP proposal: epoch, number of observations, threshold and
-log EI (standardized units), and the fitted length scales."""
+log EI (standardized units), the fitted length scales, and the numbers of the other running
+candidates of the epoch it treated as pending (``"pending"``)."""
 
 _MAX_SEED = 2**31 - 1
 _STREAM_RELATIVE = 0
 _STREAM_INDEPENDENT = 1
 _STREAM_ACQF = 2
 _NUMERIC = (FloatDistribution, IntDistribution)
+_PEER_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
 
 
 def _time_value(trial: FrozenTrial, time_param: str) -> float | None:
@@ -80,6 +84,13 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise ValueError(f"The value of `{name}` is {value!r}, but must be an int {rule}.")
     if value < low or (high is not None and value > high):
         raise ValueError(f"The value of `{name}` is {value}, but must be {rule}.")
+
+
+def _at_or_after(value: object, t: float) -> bool:
+    """Whether a stored epoch ``value`` is a number ``>= t``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return float(value) >= t
 
 
 def _float_key(value: float | None) -> int:
@@ -123,9 +134,11 @@ class HyperdynSampler(BaseSampler):
     (relative sampling):
 
     - The observations are the COMPLETE trials whose epoch is *smaller* than the current
-      trial's: the paper's ``D_{t-1}`` (Algorithm 4, line 5). Candidates of the same epoch
-      do not see each other, so a resumed run that had finished some candidates of an
-      unfinished epoch proposes the same as an uninterrupted one.
+      trial's: the paper's ``D_{t-1}`` (Algorithm 4, line 5), at most ``max_observations``
+      of them, of the latest epochs, so that a proposal's cost stops growing with the
+      study. Candidates of the same epoch do not see each other, so a resumed run that had
+      finished some candidates of an unfinished epoch proposes the same as an uninterrupted
+      one.
     - While fewer than ``n_startup_trials`` observations exist, the parameters are drawn
       uniformly at random (the paper's Random-Start, 5 points).
     - Then a GP with the product kernel ``K1(eta1, eta2) * K2(t1, t2)`` (``K1`` Matern-5/2 or
@@ -199,6 +212,13 @@ class HyperdynSampler(BaseSampler):
         n_gp_starts:
             The number of starting points of the GP fit (1 to 3); with a warm start it
             replaces the first.
+        max_observations:
+            The most observations the GP is fitted to: past it, those of the latest epochs
+            (nearest to the proposal's epoch; then the latest trials) are kept. The time
+            kernel gives an observation ``Delta`` epochs back the weight
+            ``(beta / (Delta + beta))**alpha`` (0.003 at 150 epochs with the paper's values),
+            so the oldest ones change little, while the fit's cost grows with the cube of
+            their number (``benchmarks/bench_decision_time.py``). :obj:`None` keeps them all.
     """
 
     def __init__(
@@ -215,6 +235,7 @@ class HyperdynSampler(BaseSampler):
         n_candidates: int = 1024,
         n_local_search: int = 4,
         n_gp_starts: int = 1,
+        max_observations: int | None = 300,
     ) -> None:
         if not isinstance(time_param, str) or not time_param:
             raise ValueError(
@@ -229,6 +250,16 @@ class HyperdynSampler(BaseSampler):
         _check_int("n_candidates", n_candidates, 1)
         _check_int("n_local_search", n_local_search, 0)
         _check_int("n_gp_starts", n_gp_starts, 1, 3)
+        if max_observations is not None and (
+            isinstance(max_observations, bool)
+            or not isinstance(max_observations, int)
+            or max_observations < n_startup_trials
+        ):
+            raise ValueError(
+                f"The value of `max_observations` is {max_observations!r}, but must be None or "
+                f"an int `max_observations >= n_startup_trials` ({n_startup_trials})."
+            )
+        self._max_observations = max_observations
         self._time_param = time_param
         self._n_startup_trials = n_startup_trials
         self._kernel = kernel
@@ -263,27 +294,31 @@ class HyperdynSampler(BaseSampler):
             return self._base_seed
 
     def _stream_key(
-        self, study: Study, trial: FrozenTrial, n_observations: int, t: float | None
+        self,
+        trial: FrozenTrial,
+        n_observations: int,
+        t: float | None,
+        trials: Sequence[FrozenTrial],
     ) -> list[int]:
         """The entropy of the trial's random stream.
 
         It is the seed, the number of observations, the epoch, and the trial's rank among
         its peers: the earlier trials still running or waiting, plus the finished trials of
-        the same epoch. Concurrent or successive candidates of one epoch thus draw
-        different values, and everything is read from the storage.
+        the same or a later epoch. Concurrent or successive candidates of one epoch thus draw
+        different values, and everything is read from the storage. (A later epoch counts:
+        with several workers, a trial of a later epoch that was running when one candidate
+        sampled may have finished when the next one samples; the number of observations of
+        the epoch is the same for both, so without it the two would share their rank. In a
+        run of one process the epochs never decrease, and the rank is the number of earlier
+        candidates of the epoch.)
         """
-        trials = study._get_trials(
-            deepcopy=False,
-            states=(TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE),
-            use_cache=False,
-        )
         rank = 0
         for other in trials:
-            if other.number >= trial.number:
+            if other.number >= trial.number or other.state not in _PEER_STATES:
                 continue
             if other.state != TrialState.COMPLETE:
                 rank += 1
-            elif t is not None and other.params.get(self._time_param) == t:
+            elif t is not None and _at_or_after(other.params.get(self._time_param), t):
                 rank += 1
         return [self._seed(), n_observations, _float_key(t), rank]
 
@@ -312,12 +347,13 @@ class HyperdynSampler(BaseSampler):
         }
 
     def _observations(
-        self, study: Study, names: Sequence[str], t: float | None
+        self, names: Sequence[str], t: float | None, trials: Sequence[FrozenTrial]
     ) -> tuple[list[FrozenTrial], list[float] | None]:
-        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=False)
         observed: list[FrozenTrial] = []
         times: list[float] = []
         for other in trials:
+            if other.state != TrialState.COMPLETE:
+                continue
             if not all(name in other.params for name in names):
                 continue
             if t is not None:
@@ -326,6 +362,16 @@ class HyperdynSampler(BaseSampler):
                     continue
                 times.append(other_t)
             observed.append(other)
+        if self._max_observations is not None and len(observed) > self._max_observations:
+            # Keep the latest epochs (then the latest trials), in the order read.
+            order = sorted(
+                range(len(observed)),
+                key=lambda i: (times[i] if t is not None else 0.0, observed[i].number),
+                reverse=True,
+            )
+            kept = sorted(order[: self._max_observations])
+            observed = [observed[i] for i in kept]
+            times = [times[i] for i in kept] if t is not None else times
         return observed, (times if t is not None else None)
 
     def sample_relative(
@@ -341,15 +387,19 @@ class HyperdynSampler(BaseSampler):
             if isinstance(d, _NUMERIC) and not d.single() and name != self._time_param
         }
         names = list(numeric)
-        observed, times = self._observations(study, names, t)
-        key = self._stream_key(study, trial, len(observed), t)
+        # One read of the trials for the whole proposal (a worker's cost grows with it).
+        trials = study._get_trials(deepcopy=False, use_cache=False)
+        observed, times = self._observations(names, t, trials)
+        key = self._stream_key(trial, len(observed), t, trials)
         params: dict[str, Any] = {}
         if names and len(observed) >= self._n_startup_trials:
             # One thread: the GP's many small operations are slower with several threads, and
             # on a busy machine by far. (The GP makes its tensors on the CPU explicitly, whatever
             # torch's default device is.)
             with single_thread():
-                params.update(self._propose(study, trial, numeric, observed, times, t, key))
+                params.update(
+                    self._propose(study, trial, numeric, observed, times, t, key, trials)
+                )
         for name, distribution in search_space.items():
             if name not in params:
                 params[name] = self._random_value(
@@ -366,6 +416,7 @@ class HyperdynSampler(BaseSampler):
         times: Sequence[float] | None,
         t: float | None,
         key: Sequence[int],
+        trials: Sequence[FrozenTrial],
     ) -> dict[str, Any]:
         distributions = list(numeric.values())
         box = UnitBox(
@@ -390,11 +441,13 @@ class HyperdynSampler(BaseSampler):
         )
         query_t = t if times is not None else None
         threshold = incumbent_threshold(gp, query_t)
+        pending = self._pending(trial, list(numeric), box, query_t, trials)
+        search_gp = gp if pending is None else _believer(gp, pending[0], pending[1])
         acqf_seed = int(
             np.random.SeedSequence([*key, _STREAM_ACQF]).generate_state(1)[0] % _MAX_SEED
         )
         best_unit, log_ei = maximize_log_ei(
-            gp,
+            search_gp,
             t=query_t,
             seed=acqf_seed,
             threshold=threshold,
@@ -413,11 +466,45 @@ class HyperdynSampler(BaseSampler):
                 "params": list(numeric),
                 "lengthscales": [float(v) for v in gp.lengthscales],
                 "kernel": dataclasses.asdict(KernelParams.of(gp)),
+                "pending": [] if pending is None else pending[2],
             },
         )
         return {
             name: _snap(float(v), d) for (name, d), v in zip(numeric.items(), values, strict=True)
         }
+
+    def _pending(
+        self,
+        trial: FrozenTrial,
+        names: list[str],
+        box: UnitBox,
+        t: float | None,
+        trials: Sequence[FrozenTrial],
+    ) -> tuple[np.ndarray, np.ndarray | None, list[int]] | None:
+        """The other running candidates of the same epoch: parameters in the box, epochs and
+        trial numbers (recorded in the proposal as ``"pending"``).
+
+        Several workers proposing for one epoch from the same observations would all find
+        the same maximum of EI; each proposal treats the candidates still running as
+        observed at the GP's mean there (the "kriging believer"), so the next one goes
+        elsewhere. A single process (:class:`~optuna_ext.hyperdyn.HyperdynTuner` asks for
+        the proposal before the incumbent of an epoch) has none.
+        """
+        rows = []
+        numbers = []
+        for other in trials:
+            if other.state not in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            if other.number == trial.number or not all(n in other.params for n in names):
+                continue
+            if t is not None and _time_value(other, self._time_param) != t:
+                continue
+            rows.append([float(other.params[n]) for n in names])
+            numbers.append(other.number)
+        if not rows:
+            return None
+        X = box.to_unit(np.array(rows))
+        return X, (None if t is None else np.full(len(rows), float(t))), numbers
 
     def sample_independent(
         self,
@@ -432,10 +519,9 @@ class HyperdynSampler(BaseSampler):
                 study, trial, param_name, param_distribution
             )
         t = None if param_name == self._time_param else _time_value(trial, self._time_param)
-        n_complete = len(
-            study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=False)
-        )
-        key = self._stream_key(study, trial, n_complete, t)
+        trials = study._get_trials(deepcopy=False, use_cache=False)
+        n_complete = sum(1 for other in trials if other.state == TrialState.COMPLETE)
+        key = self._stream_key(trial, n_complete, t, trials)
         return self._random_value(
             study, trial, key, _STREAM_INDEPENDENT, param_name, param_distribution
         )
@@ -453,6 +539,36 @@ class HyperdynSampler(BaseSampler):
     ) -> None:
         if self._independent_sampler is not None:
             self._independent_sampler.after_trial(study, trial, state, values)
+
+
+def _cpu(values: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.float64), device=torch.device("cpu"))
+
+
+def _believer(gp: GPRegressor, X: np.ndarray, t: np.ndarray | None) -> GPRegressor:
+    """``gp`` with the points ``X`` (at epochs ``t``) added at its posterior mean, same kernel."""
+    with torch.no_grad():
+        mean, _ = gp.posterior(
+            _cpu(X),
+            None if t is None else _cpu(t),
+        )
+    times = None
+    if gp.t is not None:
+        assert t is not None
+        times = torch.cat([gp.t, _cpu(t)])
+    return GPRegressor(
+        X=torch.cat([gp.X, _cpu(X)]),
+        y=torch.cat([gp.y, mean]),
+        t=times,
+        inverse_squared_lengthscales=gp.inverse_squared_lengthscales,
+        kernel_scale=gp.kernel_scale,
+        noise_var=gp.noise_var,
+        kernel=gp.kernel_name,
+        alpha=gp.alpha,
+        beta=gp.beta,
+        y_mean=gp.y_mean,
+        y_std=gp.y_std,
+    )
 
 
 def _previous_fit(observed: Sequence[FrozenTrial], names: list[str]) -> KernelParams | None:

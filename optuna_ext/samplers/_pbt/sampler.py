@@ -31,6 +31,7 @@ from optuna_ext.samplers._pbt._population import DUPLICATE_KEY
 from optuna_ext.samplers._pbt._population import FAILED_KEY
 from optuna_ext.samplers._pbt._population import GENERATION_KEY
 from optuna_ext.samplers._pbt._population import INTERRUPTED_KEY
+from optuna_ext.samplers._pbt._population import is_member_trial
 from optuna_ext.samplers._pbt._population import MEMBER_KEY
 from optuna_ext.samplers._pbt._population import Population
 from optuna_ext.samplers._pbt._population import should_yield
@@ -138,7 +139,9 @@ class PBTSampler(BaseSampler):
     This is not atomic: when two processes take the same slot, one or both give it up and
     become *surplus* trials, marked ``"PBTSampler:surplus"``, sampled by the independent
     sampler and ignored by the population; so is a trial that finds every slot taken (a
-    synchronous generation still running). Without checkpoints an exploit copies only the
+    synchronous generation still running). While other member trials are running, a new
+    trial takes a free slot at random rather than the first, so that workers asking at the
+    same time rarely collide. Without checkpoints an exploit copies only the
     hyper-parameters; the objective may load ``pbt:parent``'s state itself.
 
     Parameters: the first generation, and any parameter that its parent did not have, are
@@ -567,6 +570,14 @@ class PBTSampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, SURPLUS_KEY, True)
             return
         g, m = openable[0]
+        others_running = any(
+            t.state == TrialState.RUNNING and t.number != trial.number and is_member_trial(t)
+            for t in trials
+        )
+        if others_running and len(openable) > 1:
+            # Other workers are claiming slots too: take one at random rather than the first,
+            # which every worker would take at once (and then all give up).
+            g, m = openable[int(self._rng.rng.randint(len(openable)))]
         maximize = study.direction == StudyDirection.MAXIMIZE
         decision = self._decide(population, g, m, maximize, self._pending(population, g))
         system_attrs, user_attrs = self._attrs(g, m, decision)
@@ -574,9 +585,13 @@ class PBTSampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, key, value)
         for key, value in user_attrs.items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
-        population = Population(
-            storage.get_all_trials(study._study_id, deepcopy=False), self._population_size
-        )
+        # Only the slot's trials matter for the re-check (cheaper than the whole population).
+        slot_trials = [
+            t
+            for t in storage.get_all_trials(study._study_id, deepcopy=False)
+            if t.system_attrs.get(GENERATION_KEY) == g and t.system_attrs.get(MEMBER_KEY) == m
+        ]
+        population = Population(slot_trials, self._population_size)
         current = population.by_number[trial.number]
         if should_yield(population, current):
             storage.set_trial_system_attr(trial._trial_id, SURPLUS_KEY, True)
@@ -621,7 +636,27 @@ class PBTSampler(BaseSampler):
                 state=TrialState.WAITING, system_attrs=system_attrs, user_attrs=user_attrs
             )
             created.append(storage.create_new_trial(study._study_id, template_trial=template))
+            if (
+                len(created) == 1
+                and len(openable) > 1
+                and not self._opens_first(study, g, m, created[0])
+            ):
+                # Another worker is opening the same slots (its trial of the first one has a
+                # lower number): leave the rest to it rather than make a copy of each.
+                break
         return created, self._cancel_duplicates(study)
+
+    def _opens_first(self, study: Study, generation: int, member: int, trial_id: int) -> bool:
+        """Whether the new trial ``trial_id`` is its slot's lowest-numbered live trial."""
+        population = Population(
+            study._storage.get_all_trials(study._study_id, deepcopy=False), self._population_size
+        )
+        live = [
+            t
+            for t in population.slot(generation, member).trials
+            if t.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+        ]
+        return min(live, key=lambda t: t.number)._trial_id == trial_id
 
     def _cancel_duplicates(self, study: Study) -> list[FrozenTrial]:
         """Cancel WAITING trials of slots that another trial holds; return the trials read."""
