@@ -12,10 +12,12 @@ import numpy as np
 import optuna
 import torch
 
+from optuna_ext.hyperdyn._tuner import _hypergradient_refusal
 from optuna_ext.hyperdyn._tuner import HyperdynResult
 from optuna_ext.hyperdyn._tuner import HyperdynTuner
 from optuna_ext.samplers._hyperdyn.sampler import HyperdynSampler
 from optuna_ext.tasks._data import make_loader
+from optuna_ext.tasks._training import _HYPERGRADIENT_NAMES
 from optuna_ext.tasks._training import evaluate as evaluate_model
 from optuna_ext.tasks._training import make_optimizer
 from optuna_ext.tasks._training import train_epoch as train_one_epoch
@@ -155,7 +157,8 @@ def fit_hyperdyn(
         data: The data.
         optimizer: ``"sgd"`` (tuning ``lr`` and ``momentum``) or another name of
             :data:`optuna_ext.tasks.OPTIMIZER_NAMES` (see
-            :func:`~optuna_ext.hyperdyn.default_search_space`).
+            :func:`~optuna_ext.hyperdyn.default_search_space`) except ``"sgd_hd"`` and
+            ``"adam_hd"``, which are refused (see :class:`HyperdynTuner`).
         epochs: The number of epochs of the kept trajectory (epoch 0 is Random-Start).
         batch_size: The training batch size.
         study: The study to record the candidates in; :obj:`None` creates an in-memory one
@@ -174,6 +177,8 @@ def fit_hyperdyn(
             tuner.
         device: The device to train on.
     """
+    if optimizer in _HYPERGRADIENT_NAMES:
+        raise ValueError(_hypergradient_refusal(f"`optimizer` is {optimizer!r}"))
     model.to(device)
     opt = make_optimizer(optimizer, model.parameters(), lr=0.01)
     if study is None:

@@ -67,6 +67,15 @@ def _derived_seed(seed: int, *stream: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
+def _hypergradient_refusal(what: str) -> str:
+    return (
+        f"The value of {what}, but Hyperdyn needs an optimizer whose rate is the one it sets: "
+        "it sets the rate each epoch and records it as the epoch's choice, while "
+        "hypergradient descent (SGD-HD, Adam-HD) moves the rate within the epoch. Use 'sgd' "
+        "or 'adam' (or `optuna_ext.optim.SGDHD`/`AdamHD` without Hyperdyn)."
+    )
+
+
 def set_optimizer_params(optimizer: torch.optim.Optimizer, params: Mapping[str, float]) -> None:
     """Write hyper-parameters into every parameter group of ``optimizer``.
 
@@ -305,7 +314,11 @@ class HyperdynTuner:
             The model, trained in place; it holds the kept weights after :meth:`run`.
         optimizer:
             The optimizer of ``model``'s parameters; its state (e.g. momentum buffers)
-            follows the kept trajectory.
+            follows the kept trajectory. An optimizer that adapts its own rate by
+            hypergradient descent (:class:`~optuna_ext.optim.SGDHD`,
+            :class:`~optuna_ext.optim.AdamHD`, any with a ``"hypergrad_lr"`` option) is
+            refused: the tuner sets the rate per epoch and records it as the epoch's choice,
+            which such an optimizer would move within the epoch.
         train_epoch:
             ``train_epoch(model, optimizer, epoch)`` trains one epoch (``epoch`` counted
             from 0). It should draw its data order from ``epoch`` (see
@@ -416,6 +429,10 @@ class HyperdynTuner:
                 "The study must be single-objective with direction 'maximize' (the trial "
                 "values are accuracy changes), but its directions are "
                 f"{[d.name.lower() for d in study.directions]}."
+            )
+        if any("hypergrad_lr" in group for group in optimizer.param_groups):
+            raise ValueError(
+                _hypergradient_refusal(f"`optimizer` is a {type(optimizer).__name__}")
             )
         sampler = study.sampler
         if random_factor is None and not isinstance(sampler, HyperdynSampler):
