@@ -22,6 +22,7 @@ import torch
 from optuna_ext._checkpoint import CheckpointError
 from optuna_ext._checkpoint import load_checkpoint
 from optuna_ext._checkpoint import save_checkpoint
+from optuna_ext._objective_names import name_objectives
 from optuna_ext.hyperdyn._trend import check_accuracy_trend
 from optuna_ext.hyperdyn._trend import check_trend_args
 from optuna_ext.hyperdyn._trend import keep_probability
@@ -48,6 +49,9 @@ USER_ATTR_ROLE = "hyperdyn:role"
 USER_ATTR_ACCURACY = "hyperdyn:accuracy"
 USER_ATTR_KEPT = "hyperdyn:kept"
 USER_ATTR_FAILURE = "hyperdyn:failure"
+
+OBJECTIVE_NAME = "acc_diff"
+"""The objective name :meth:`HyperdynTuner.run` gives the study (unless it has one already)."""
 
 PLOT_ID = "hyperdyn-lr"
 """The ``graph_object_id`` of the chosen-rate figure saved with optuna-dashboard."""
@@ -215,7 +219,9 @@ class HyperdynTuner:
     the initial weights is used here so that all observations share one scale; within epoch
     0 the two differ by a constant.) User attrs ``hyperdyn:epoch``, ``hyperdyn:role``
     (``"random-start"``, ``"incumbent"``, ``"proposal"``, ``"random"``),
-    ``hyperdyn:accuracy`` and ``hyperdyn:kept`` describe each trial in optuna-dashboard.
+    ``hyperdyn:accuracy`` and ``hyperdyn:kept`` describe each trial in optuna-dashboard,
+    and :meth:`run` names the study's objective ``"acc_diff"`` (``study.metric_names``, shown
+    by optuna-dashboard instead of "Objective 0"; names already set are kept).
 
     **Readings of the paper.** (The project's reference notes were written before the paper
     was at hand; where they differ, this follows the paper.) Random-Start trains its ``k``
@@ -562,6 +568,7 @@ class HyperdynTuner:
 
     def _restore(self) -> _State:
         self._check_config()
+        name_objectives(self._study, [OBJECTIVE_NAME])
         records = self._records()
         last = len(records) - 1
         self._tell_committed(records)

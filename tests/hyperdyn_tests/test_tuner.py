@@ -13,6 +13,7 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from optuna_dashboard._named_objectives import get_objective_names
 import pytest
 import torch
 from torch import nn
@@ -305,6 +306,23 @@ def test_non_numeric_metric_raises_type_error() -> None:
 def test_bad_arguments_raise(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _toy.make_tuner(_study(), MemoryArtifactStore(), **kwargs)
+
+
+def test_the_objective_is_named_acc_diff_for_the_dashboard() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(study, MemoryArtifactStore())
+    assert study.metric_names is None
+    tuner.run(epochs=1)
+    assert study.metric_names == ["acc_diff"]
+    # optuna-dashboard reads it from the study's system attrs (instead of "Objective 0").
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert get_objective_names(attrs) == ["acc_diff"]
+    # A name the user chose is kept, on a fresh run and on a resume.
+    named = _study()
+    named.set_metric_names(["gain"])
+    tuner, _, _ = _toy.make_tuner(named, MemoryArtifactStore())
+    tuner.run(epochs=1)
+    assert named.metric_names == ["gain"]
 
 
 @pytest.mark.parametrize("optimizer_cls", [SGDHD, AdamHD])
