@@ -141,4 +141,4 @@ def test_bad_seed_raises(seed: object) -> None:
 
 def test_the_constructor_is_keyword_only() -> None:
     with pytest.raises(TypeError):
-        StorageSeededRandomSampler(3)  # type: ignore[misc]
+        StorageSeededRandomSampler(3)  # type: ignore[call-arg]
