@@ -3,15 +3,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 import dataclasses
-import io
-import threading
-from typing import BinaryIO
 from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import torch
 
+from optuna_ext._checkpoint import MemoryArtifactStore
 from optuna_ext.hyperdyn._tuner import _hypergradient_refusal
 from optuna_ext.hyperdyn._tuner import HyperdynResult
 from optuna_ext.hyperdyn._tuner import HyperdynTuner
@@ -29,39 +27,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from optuna_ext.tasks._data import DatasetSplit
-
-
-class MemoryArtifactStore:
-    """An artifact store that keeps artifacts in memory (for one process, e.g. a quick demo).
-
-    It follows Optuna's ``ArtifactStore`` protocol; a run that should survive its process
-    needs a persistent store such as :class:`optuna.artifacts.FileSystemArtifactStore`.
-    """
-
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def open_reader(self, artifact_id: str) -> BinaryIO:
-        with self._lock:
-            if artifact_id not in self._data:
-                raise optuna.artifacts.exceptions.ArtifactNotFound(
-                    f"Artifact '{artifact_id}' is not in the memory store."
-                )
-            return io.BytesIO(self._data[artifact_id])
-
-    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        payload = content_body.read()
-        with self._lock:
-            self._data[artifact_id] = payload
-
-    def remove(self, artifact_id: str) -> None:
-        with self._lock:
-            if artifact_id not in self._data:
-                raise optuna.artifacts.exceptions.ArtifactNotFound(
-                    f"Artifact '{artifact_id}' is not in the memory store."
-                )
-            del self._data[artifact_id]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -20,11 +20,11 @@ from torch import nn
 
 from optuna_ext._checkpoint import CheckpointError
 from optuna_ext._checkpoint import load_checkpoint
+from optuna_ext._checkpoint import MemoryArtifactStore
 from optuna_ext._gp.box import UnitBox
 from optuna_ext.hyperdyn import check_accuracy_trend
 from optuna_ext.hyperdyn import HyperdynTuner
 from optuna_ext.hyperdyn import keep_probability
-from optuna_ext.hyperdyn import MemoryArtifactStore
 from optuna_ext.hyperdyn import PLOT_ID
 from optuna_ext.hyperdyn._tuner import CONFIG_KEY
 from optuna_ext.hyperdyn._tuner import EPOCH_KEY_PREFIX
