@@ -36,31 +36,15 @@ from torch import nn
 from optuna_ext.metrics import evbmf
 from optuna_ext.metrics import knowledge_gain_rank
 from optuna_ext.metrics import unfold
+from optuna_ext.tasks._models import _BasicBlock
 
 
 _RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 # --------------------------------------------------------------------------------------------
-# Minimal ResNet-18/34 (He et al. 2016); only the convolution shapes matter here.
-
-
-class _BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+# Minimal ResNet-18/34 (He et al. 2016) of the package's basic block; only the convolution
+# shapes matter here.
 
 
 class _ResNet(nn.Module):

@@ -37,6 +37,7 @@ from optuna_ext.samplers import AutoHyperSampler
 from optuna_ext.samplers import AutoHyperSearch
 from optuna_ext.samplers import HyperdynSampler
 from optuna_ext.samplers import PBTSampler
+from optuna_ext.samplers import StorageSeededRandomSampler
 from optuna_ext.schedules import RecurringLR
 from optuna_ext.version import __version__
 
@@ -58,6 +59,7 @@ __all__ = [
     "PBTSampler",
     "RecurringLR",
     "SGDHD",
+    "StorageSeededRandomSampler",
     "SynchronousMORL",
     "SynchronousRound",
     "__version__",

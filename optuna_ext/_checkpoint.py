@@ -13,7 +13,9 @@ from collections.abc import Mapping
 import io
 import os
 import tempfile
+import threading
 from typing import Any
+from typing import BinaryIO
 from typing import TYPE_CHECKING
 
 import optuna
@@ -32,6 +34,61 @@ CHECKPOINT_MIMETYPE = "application/x-pytorch"
 
 class CheckpointError(RuntimeError):
     """A checkpoint artifact that is missing or cannot be loaded; the message names it."""
+
+
+class MemoryArtifactStore:
+    """An artifact store that keeps artifacts in memory (for one process, e.g. a quick demo).
+
+    It follows Optuna's ``ArtifactStore`` protocol (``open_reader``, ``write``, ``remove``;
+    a missing artifact raises :class:`optuna.artifacts.exceptions.ArtifactNotFound`) and is
+    safe to share between threads. A run that should survive its process needs a persistent
+    store such as :class:`optuna.artifacts.FileSystemArtifactStore`. Also importable as
+    ``optuna_ext.hyperdyn.MemoryArtifactStore``.
+
+    Example:
+
+        .. testcode::
+
+            import optuna
+            import torch
+
+            from optuna_ext._checkpoint import load_checkpoint
+            from optuna_ext._checkpoint import MemoryArtifactStore
+            from optuna_ext._checkpoint import save_checkpoint
+
+            store = MemoryArtifactStore()
+            study = optuna.create_study()
+            artifact_id = save_checkpoint(
+                {"w": torch.ones(2)}, artifact_store=store, study_or_trial=study
+            )
+            state = load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+            assert torch.equal(state["w"], torch.ones(2))
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        with self._lock:
+            if artifact_id not in self._data:
+                raise optuna.artifacts.exceptions.ArtifactNotFound(
+                    f"Artifact '{artifact_id}' is not in the memory store."
+                )
+            return io.BytesIO(self._data[artifact_id])
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        payload = content_body.read()
+        with self._lock:
+            self._data[artifact_id] = payload
+
+    def remove(self, artifact_id: str) -> None:
+        with self._lock:
+            if artifact_id not in self._data:
+                raise optuna.artifacts.exceptions.ArtifactNotFound(
+                    f"Artifact '{artifact_id}' is not in the memory store."
+                )
+            del self._data[artifact_id]
 
 
 def save_checkpoint(

@@ -9,6 +9,7 @@ import torch
 from optuna_ext._checkpoint import CHECKPOINT_MIMETYPE
 from optuna_ext._checkpoint import CheckpointError
 from optuna_ext._checkpoint import load_checkpoint
+from optuna_ext._checkpoint import MemoryArtifactStore
 from optuna_ext._checkpoint import remove_checkpoint
 from optuna_ext._checkpoint import save_checkpoint
 
@@ -198,3 +199,22 @@ def test_every_load_in_the_package_is_weights_only() -> None:
                     "weights_only=True"
                 )
     assert loads >= 1  # the scan sees _checkpoint.load_checkpoint's call
+
+
+def test_the_memory_store_keeps_checkpoints_and_names_missing_ones() -> None:
+    import optuna_ext.hyperdyn
+
+    assert optuna_ext.hyperdyn.MemoryArtifactStore is MemoryArtifactStore  # still importable there
+    store = MemoryArtifactStore()
+    study = optuna.create_study()
+    model, optimizer = _model_and_optimizer()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    artifact_id = save_checkpoint(state, artifact_store=store, study_or_trial=study)
+    loaded = load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+    assert torch.equal(loaded["model"]["weight"], model.state_dict()["weight"])
+    remove_checkpoint(artifact_store=store, artifact_id=artifact_id)
+    remove_checkpoint(artifact_store=store, artifact_id=artifact_id)  # idempotent here too
+    with pytest.raises(CheckpointError, match=f"'{artifact_id}' cannot be read"):
+        load_checkpoint(artifact_store=store, artifact_id=artifact_id)
+    with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound, match="not in the memory"):
+        store.remove(artifact_id)

@@ -42,3 +42,12 @@ def test_py_typed_marker_is_shipped() -> None:
     from importlib.resources import files
 
     assert files("optuna_ext").joinpath("py.typed").is_file()
+
+
+def test_the_restart_stable_random_sampler_is_public() -> None:
+    from optuna_ext.samplers import StorageSeededRandomSampler
+
+    assert optuna_ext.StorageSeededRandomSampler is StorageSeededRandomSampler
+    assert "StorageSeededRandomSampler" in optuna_ext.samplers.__all__
+    assert "StorageSeededRandomSampler" in optuna_ext.__all__
+    assert "Example:" in (StorageSeededRandomSampler.__doc__ or "")

@@ -8,9 +8,9 @@ task of :mod:`optuna_ext.tasks` in one call.
 
 from __future__ import annotations
 
+from optuna_ext._checkpoint import MemoryArtifactStore  # here for compatibility
 from optuna_ext.hyperdyn._fit import fit_hyperdyn
 from optuna_ext.hyperdyn._fit import make_task_functions
-from optuna_ext.hyperdyn._fit import MemoryArtifactStore
 from optuna_ext.hyperdyn._trend import check_accuracy_trend
 from optuna_ext.hyperdyn._trend import keep_probability
 from optuna_ext.hyperdyn._tuner import default_search_space

@@ -3,19 +3,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 import dataclasses
-import io
-import threading
-from typing import BinaryIO
 from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import torch
 
+from optuna_ext._checkpoint import MemoryArtifactStore
+from optuna_ext.hyperdyn._tuner import _hypergradient_refusal
 from optuna_ext.hyperdyn._tuner import HyperdynResult
 from optuna_ext.hyperdyn._tuner import HyperdynTuner
 from optuna_ext.samplers._hyperdyn.sampler import HyperdynSampler
 from optuna_ext.tasks._data import make_loader
+from optuna_ext.tasks._training import _HYPERGRADIENT_NAMES
 from optuna_ext.tasks._training import evaluate as evaluate_model
 from optuna_ext.tasks._training import make_optimizer
 from optuna_ext.tasks._training import train_epoch as train_one_epoch
@@ -27,39 +27,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from optuna_ext.tasks._data import DatasetSplit
-
-
-class MemoryArtifactStore:
-    """An artifact store that keeps artifacts in memory (for one process, e.g. a quick demo).
-
-    It follows Optuna's ``ArtifactStore`` protocol; a run that should survive its process
-    needs a persistent store such as :class:`optuna.artifacts.FileSystemArtifactStore`.
-    """
-
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def open_reader(self, artifact_id: str) -> BinaryIO:
-        with self._lock:
-            if artifact_id not in self._data:
-                raise optuna.artifacts.exceptions.ArtifactNotFound(
-                    f"Artifact '{artifact_id}' is not in the memory store."
-                )
-            return io.BytesIO(self._data[artifact_id])
-
-    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        payload = content_body.read()
-        with self._lock:
-            self._data[artifact_id] = payload
-
-    def remove(self, artifact_id: str) -> None:
-        with self._lock:
-            if artifact_id not in self._data:
-                raise optuna.artifacts.exceptions.ArtifactNotFound(
-                    f"Artifact '{artifact_id}' is not in the memory store."
-                )
-            del self._data[artifact_id]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -155,7 +122,8 @@ def fit_hyperdyn(
         data: The data.
         optimizer: ``"sgd"`` (tuning ``lr`` and ``momentum``) or another name of
             :data:`optuna_ext.tasks.OPTIMIZER_NAMES` (see
-            :func:`~optuna_ext.hyperdyn.default_search_space`).
+            :func:`~optuna_ext.hyperdyn.default_search_space`) except ``"sgd_hd"`` and
+            ``"adam_hd"``, which are refused (see :class:`HyperdynTuner`).
         epochs: The number of epochs of the kept trajectory (epoch 0 is Random-Start).
         batch_size: The training batch size.
         study: The study to record the candidates in; :obj:`None` creates an in-memory one
@@ -174,6 +142,8 @@ def fit_hyperdyn(
             tuner.
         device: The device to train on.
     """
+    if optimizer in _HYPERGRADIENT_NAMES:
+        raise ValueError(_hypergradient_refusal(f"`optimizer` is {optimizer!r}"))
     model.to(device)
     opt = make_optimizer(optimizer, model.parameters(), lr=0.01)
     if study is None:

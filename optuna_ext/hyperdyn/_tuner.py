@@ -22,6 +22,7 @@ import torch
 from optuna_ext._checkpoint import CheckpointError
 from optuna_ext._checkpoint import load_checkpoint
 from optuna_ext._checkpoint import save_checkpoint
+from optuna_ext._objective_names import name_objectives
 from optuna_ext.hyperdyn._trend import check_accuracy_trend
 from optuna_ext.hyperdyn._trend import check_trend_args
 from optuna_ext.hyperdyn._trend import keep_probability
@@ -49,6 +50,9 @@ USER_ATTR_ACCURACY = "hyperdyn:accuracy"
 USER_ATTR_KEPT = "hyperdyn:kept"
 USER_ATTR_FAILURE = "hyperdyn:failure"
 
+OBJECTIVE_NAME = "acc_diff"
+"""The objective name :meth:`HyperdynTuner.run` gives the study (unless it has one already)."""
+
 PLOT_ID = "hyperdyn-lr"
 """The ``graph_object_id`` of the chosen-rate figure saved with optuna-dashboard."""
 
@@ -65,6 +69,15 @@ _STREAM_RANDOM = 2
 def _derived_seed(seed: int, *stream: int) -> int:
     state = np.random.SeedSequence([seed, *stream]).generate_state(1, dtype=np.uint64)
     return int(state[0] >> np.uint64(1))
+
+
+def _hypergradient_refusal(what: str) -> str:
+    return (
+        f"The value of {what}, but Hyperdyn needs an optimizer whose rate is the one it sets: "
+        "it sets the rate each epoch and records it as the epoch's choice, while "
+        "hypergradient descent (SGD-HD, Adam-HD) moves the rate within the epoch. Use 'sgd' "
+        "or 'adam' (or `optuna_ext.optim.SGDHD`/`AdamHD` without Hyperdyn)."
+    )
 
 
 def set_optimizer_params(optimizer: torch.optim.Optimizer, params: Mapping[str, float]) -> None:
@@ -206,7 +219,9 @@ class HyperdynTuner:
     the initial weights is used here so that all observations share one scale; within epoch
     0 the two differ by a constant.) User attrs ``hyperdyn:epoch``, ``hyperdyn:role``
     (``"random-start"``, ``"incumbent"``, ``"proposal"``, ``"random"``),
-    ``hyperdyn:accuracy`` and ``hyperdyn:kept`` describe each trial in optuna-dashboard.
+    ``hyperdyn:accuracy`` and ``hyperdyn:kept`` describe each trial in optuna-dashboard,
+    and :meth:`run` names the study's objective ``"acc_diff"`` (``study.metric_names``, shown
+    by optuna-dashboard instead of "Objective 0"; names already set are kept).
 
     **Readings of the paper.** (The project's reference notes were written before the paper
     was at hand; where they differ, this follows the paper.) Random-Start trains its ``k``
@@ -305,7 +320,11 @@ class HyperdynTuner:
             The model, trained in place; it holds the kept weights after :meth:`run`.
         optimizer:
             The optimizer of ``model``'s parameters; its state (e.g. momentum buffers)
-            follows the kept trajectory.
+            follows the kept trajectory. An optimizer that adapts its own rate by
+            hypergradient descent (:class:`~optuna_ext.optim.SGDHD`,
+            :class:`~optuna_ext.optim.AdamHD`, any with a ``"hypergrad_lr"`` option) is
+            refused: the tuner sets the rate per epoch and records it as the epoch's choice,
+            which such an optimizer would move within the epoch.
         train_epoch:
             ``train_epoch(model, optimizer, epoch)`` trains one epoch (``epoch`` counted
             from 0). It should draw its data order from ``epoch`` (see
@@ -416,6 +435,10 @@ class HyperdynTuner:
                 "The study must be single-objective with direction 'maximize' (the trial "
                 "values are accuracy changes), but its directions are "
                 f"{[d.name.lower() for d in study.directions]}."
+            )
+        if any("hypergrad_lr" in group for group in optimizer.param_groups):
+            raise ValueError(
+                _hypergradient_refusal(f"`optimizer` is a {type(optimizer).__name__}")
             )
         sampler = study.sampler
         if random_factor is None and not isinstance(sampler, HyperdynSampler):
@@ -545,6 +568,7 @@ class HyperdynTuner:
 
     def _restore(self) -> _State:
         self._check_config()
+        name_objectives(self._study, [OBJECTIVE_NAME])
         records = self._records()
         last = len(records) - 1
         self._tell_committed(records)

@@ -105,6 +105,30 @@ class LRRangeTestResult:
     diverged: bool
     num_steps: int
 
+    def __post_init__(self) -> None:
+        n = len(self.lrs)
+        if n == 0:
+            raise ValueError("The value of `lrs` is empty, but must hold at least one rate.")
+        if len(self.losses) != n or len(self.smoothed_losses) != n:
+            raise ValueError(
+                f"The lengths of `lrs`, `losses` and `smoothed_losses` are {n}, "
+                f"{len(self.losses)} and {len(self.smoothed_losses)}, but must be equal (one "
+                "entry per step)."
+            )
+        rates_ok = all(_is_real(lr) and math.isfinite(lr) and lr > 0.0 for lr in self.lrs)
+        if not (rates_ok and _strictly_increasing(self.lrs)):
+            raise ValueError(
+                f"The value of `lrs` is {self.lrs}, but must be finite rates `> 0` that "
+                "strictly increase."
+            )
+        if self.rule not in RULES:
+            raise ValueError(f"The value of `rule` is {self.rule!r}, but must be one of {RULES}.")
+        if not (_is_int(self.num_steps) and self.num_steps >= n):
+            raise ValueError(
+                f"The value of `num_steps` is {self.num_steps!r}, but must be an int `>= "
+                f"len(lrs)` ({n})."
+            )
+
     @property
     def stopped_early(self) -> bool:
         """Whether the test stopped before ``num_steps`` steps (the loss diverged)."""
@@ -149,9 +173,22 @@ class LRRangeTestResult:
         return _suggest(self.lrs, self.smoothed_losses, rule)
 
 
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _strictly_increasing(values: Sequence[float]) -> bool:
+    return all(values[i] < values[i + 1] for i in range(len(values) - 1))
+
+
 def _check_positive_finite(name: str, value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not _is_real(value):
         raise TypeError(f"The value of `{name}` is {value!r}, but must be a float.")
+    assert isinstance(value, (int, float))
     if not (math.isfinite(value) and value > 0.0):
         raise ValueError(f"The value of `{name}` is {value}, but must be finite and `{name} > 0`.")
     return float(value)
@@ -286,21 +323,36 @@ def lr_range_test(
             f"The value of `max_lr` is {max_lr}, but must be `max_lr > min_lr` (`min_lr` is "
             f"{min_lr})."
         )
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+    if not math.isfinite(max_lr / min_lr):
+        # The rates are min_lr * (max_lr / min_lr) ** t: an infinite ratio made them inf.
+        raise ValueError(
+            f"The values of `min_lr` and `max_lr` are {min_lr} and {max_lr}, but their ratio "
+            "`max_lr / min_lr` must be finite."
+        )
+    if not _is_int(num_steps) or num_steps < 2:
         raise ValueError(f"The value of `num_steps` is {num_steps!r}, but must be an int `>= 2`.")
-    if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
+    ratio = max_lr / min_lr
+    rates = [min_lr * ratio ** (i / (num_steps - 1)) for i in range(num_steps)]
+    if not _strictly_increasing(rates):
+        raise ValueError(
+            f"The values of `min_lr` and `max_lr` are {min_lr} and {max_lr}, too close for "
+            f"{num_steps} distinct rates (`num_steps`): widen the range or take fewer steps."
+        )
+    if not (_is_real(smoothing) and 0.0 <= smoothing < 1.0):
         raise ValueError(
             f"The value of `smoothing` is {smoothing!r}, but must be `0 <= smoothing < 1`."
         )
-    if not (isinstance(divergence_factor, (int, float)) and divergence_factor > 1.0):
+    if not (_is_real(divergence_factor) and divergence_factor > 1.0):
         raise ValueError(
             f"The value of `divergence_factor` is {divergence_factor!r}, but must be "
             "`divergence_factor > 1`."
         )
     if rule not in RULES:
         raise ValueError(f"The value of `rule` is {rule!r}, but must be one of {RULES}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not _is_int(seed):
         raise TypeError(f"The value of `seed` is {seed!r}, but must be an int.")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"The value of `loss_fn` is {loss_fn!r}, but must be callable or None.")
     params = list(model.parameters())
     if not params:
         raise ValueError("The model has no parameters.")
@@ -314,14 +366,18 @@ def lr_range_test(
         batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = make_loader(
             data, batch_size=batch_size, shuffle=True, seed=seed
         )
-    else:
+    elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes)):
         batches = data
+    else:
+        raise TypeError(
+            f"The value of `data` is of type {type(data).__name__!r}, but must be a "
+            "DatasetSplit, a TensorDataset or a re-iterable of `(inputs, labels)` batches."
+        )
     compute_loss = _loss if loss_fn is None else loss_fn
     opt = make_optimizer(
         optimizer, params, lr=min_lr, momentum=momentum, weight_decay=weight_decay
     )
 
-    ratio = max_lr / min_lr
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
@@ -335,16 +391,37 @@ def lr_range_test(
             stream = _cycle(batches)
 
             def batch_loss() -> torch.Tensor:
-                inputs, labels = next(stream)
+                batch = next(stream)
+                if not (
+                    isinstance(batch, (tuple, list))
+                    and len(batch) == 2
+                    and all(isinstance(t, torch.Tensor) for t in batch)
+                ):
+                    raise ValueError(
+                        f"A batch of `data` is of type {type(batch).__name__!r}, but must be a "
+                        "pair `(inputs, labels)` of tensors."
+                    )
+                inputs, labels = batch
                 inputs = inputs.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
-                return compute_loss(model(inputs), labels)
+                loss = compute_loss(model(inputs), labels)
+                if not (isinstance(loss, torch.Tensor) and loss.ndim == 0):
+                    raise ValueError(
+                        "The loss must be a scalar tensor (`loss_fn` returned "
+                        f"{type(loss).__name__}"
+                        + (
+                            f" of shape {tuple(loss.shape)}"
+                            if isinstance(loss, torch.Tensor)
+                            else ""
+                        )
+                        + ")."
+                    )
+                return loss
 
             average = 0.0
             best = math.inf
             loss = batch_loss()
-            for i in range(num_steps):
-                lr = min_lr * ratio ** (i / (num_steps - 1))
+            for i, lr in enumerate(rates):
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)

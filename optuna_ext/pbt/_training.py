@@ -256,8 +256,10 @@ def run_digits(
 
     Creates the maximizing study ``study_name`` (or loads it, to resume) with a
     :class:`~optuna_ext.samplers.PBTSampler`, and trains it with :func:`~optuna_ext.pbt.run`
-    and :func:`training_segment` (SGD's ``lr``, ``momentum`` and ``weight_decay``). Print the
-    best member's lineage with ``result.format_lineage()``.
+    and :func:`training_segment` (SGD's ``lr``, ``momentum`` and ``weight_decay``). A
+    member's score is its validation accuracy, and the study's objective is named
+    ``"valid_accuracy"`` for optuna-dashboard (unless it has a name already). Print the best
+    member's lineage with ``result.format_lineage()``.
 
     Example:
 
@@ -309,6 +311,7 @@ def run_digits(
     """
     from optuna.artifacts import FileSystemArtifactStore
 
+    from optuna_ext._objective_names import name_objectives
     from optuna_ext._storage import load_or_create_study
     from optuna_ext.pbt._harness import run
     from optuna_ext.samplers._pbt import PBTSampler
@@ -337,4 +340,5 @@ def run_digits(
         study = load_or_create_study(
             study_name=study_name, storage=storage, direction="maximize", sampler=sampler
         )
+    name_objectives(study, ["valid_accuracy"])  # a member's score: the validation accuracy
     return run(study, segment, n_generations=n_generations, artifact_store=store, timeout=timeout)

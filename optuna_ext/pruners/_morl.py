@@ -173,8 +173,10 @@ class MORLPruner(BasePruner):
         min_lr: float = 0.0,
     ) -> None:
         reduction_factor = check_int("reduction_factor", reduction_factor, 2)
-        first_end = first_rung_end(reduction_factor, min_exponent, min_resource, "rung")
         max_resource = check_int("max_resource", max_resource, 1)
+        first_end = first_rung_end(
+            reduction_factor, min_exponent, min_resource, "rung", max_resource
+        )
         bootstrap_count = check_int("bootstrap_count", bootstrap_count, 0)
         _check_schedule_defaults(last_rung, schedule_kind, min_lr)
 

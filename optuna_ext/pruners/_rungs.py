@@ -316,12 +316,18 @@ class LayoutRecord:
 
 
 def first_rung_end(
-    reduction_factor: int, min_exponent: int | None, min_resource: int | None, unit: str
+    reduction_factor: int,
+    min_exponent: int | None,
+    min_resource: int | None,
+    unit: str,
+    max_resource: int,
 ) -> int:
     """The end of the first rung (or round): ``min_resource``, else ``eta**min_exponent``.
 
     ``min_exponent`` defaults to 2 (the paper's s_min); giving both is a ``ValueError``.
-    ``unit`` names what ends there in the message ("rung" or "round").
+    ``unit`` names what ends there in the message ("rung" or "round"). The first end must not
+    pass ``max_resource`` (the rule of :func:`rung_ends`); for ``min_exponent`` this is checked
+    without computing a power past ``max_resource``, so a huge exponent is refused at once.
     """
     if min_exponent is not None and min_resource is not None:
         raise ValueError(
@@ -332,4 +338,24 @@ def first_rung_end(
     if min_resource is not None:
         return check_int("min_resource", min_resource, 1)
     exponent = check_int("min_exponent", 2 if min_exponent is None else min_exponent, 0)
-    return reduction_factor**exponent
+    # eta >= 2, so eta**k > max_resource once k >= max_resource.bit_length(): the loop below
+    # multiplies at most that many times and never past max_resource * eta.
+    end = 1
+    for _ in range(min(exponent, max_resource.bit_length())):
+        end *= reduction_factor
+        if end > max_resource:
+            break
+    if end > max_resource:
+        largest = 0
+        power = reduction_factor
+        while power <= max_resource:
+            largest += 1
+            power *= reduction_factor
+        default = " (the default)" if min_exponent is None else ""
+        raise ValueError(
+            f"The value of `min_exponent` is {exponent}{default}, but the first {unit} would "
+            f"end at `reduction_factor**min_exponent` = {reduction_factor}**{exponent} epochs, "
+            f"past `max_resource` ({max_resource}): must be `reduction_factor**min_exponent <= "
+            f"max_resource`, i.e. `min_exponent <= {largest}` here (or give `min_resource`)."
+        )
+    return end

@@ -350,8 +350,10 @@ class SynchronousMORL:
         artifact_store: ArtifactStore | None = None,
     ) -> None:
         reduction_factor = check_int("reduction_factor", reduction_factor, 2)
-        first_end = first_rung_end(reduction_factor, min_exponent, min_resource, "round")
         max_resource = check_int("max_resource", max_resource, 1)
+        first_end = first_rung_end(
+            reduction_factor, min_exponent, min_resource, "round", max_resource
+        )
         n_configs = check_int("n_configs", n_configs, 1)
         if not isinstance(recurring, bool):
             raise ValueError(f"The value of `recurring` is {recurring!r}, but must be a bool.")

@@ -1,4 +1,5 @@
-"""Samplers: autoHyper's rate search, Hyperdyn's per-epoch proposals, population-based training."""
+"""Samplers: autoHyper's rate search, Hyperdyn's per-epoch proposals, population-based training,
+and a random sampler whose draws survive a restart."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from optuna_ext.samplers._autohyper import AutoHyperSampler
 from optuna_ext.samplers._autohyper import AutoHyperSearch
 from optuna_ext.samplers._hyperdyn import HyperdynSampler
 from optuna_ext.samplers._pbt import PBTSampler
+from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
 
 
 __all__ = [
@@ -15,4 +17,5 @@ __all__ = [
     "AutoHyperSearch",
     "HyperdynSampler",
     "PBTSampler",
+    "StorageSeededRandomSampler",
 ]

@@ -61,15 +61,26 @@ def draw_index(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> int:
 
 
 class StorageSeededRandomSampler(BaseSampler):
-    """Sample every parameter uniformly, from a stream seeded by the trial's draw index.
+    """Sample every parameter uniformly, with draws that a restarted process repeats.
 
-    The value of parameter ``name`` in a trial is what
-    :class:`~optuna.samplers.RandomSampler` draws for ``name`` with the seed derived from
-    ``(seed, index, name)``, where ``index`` is the trial's :func:`draw_index` (its number
-    among the trials that are not retries of a killed trial). The sampler keeps no state, so
-    a study resumed with a new sampler (new process, same seed) goes on with the values an
-    uninterrupted run would have drawn, and a retried trial's parameters that were not yet
-    suggested before the kill are those the original would have got.
+    **Why it exists.** Optuna's :class:`~optuna.samplers.RandomSampler` draws from one random
+    stream per sampler object. A study stopped and resumed in a new process (a new sampler
+    with the same seed) starts that stream again, so the trials after the restart repeat the
+    first run's parameters instead of drawing the ones an uninterrupted run would have drawn,
+    and several workers seeded alike draw the same parameters. This sampler keeps no stream:
+    the value of parameter ``name`` in a trial is what :class:`~optuna.samplers.RandomSampler`
+    draws for ``name`` with the seed derived from ``(seed, index, name)``, where ``index`` is
+    the trial's draw index, read from the storage (its number among the trials that are not
+    Optuna's retries of a killed trial; a retry takes the index of the trial it retries).
+
+    So a study resumed with a new sampler goes on with the values an uninterrupted run would
+    have drawn; workers on one storage draw distinct values; a trial retried by Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` gets the parameters the original would have got and
+    does not shift the draws of later trials. Use it as the independent sampler of a method
+    that must survive restarts (autoHyper's default), or on its own as a restart-stable random
+    search. Multi-objective studies are supported, as by
+    :class:`~optuna.samplers.RandomSampler`. Several threads (``optimize(n_jobs=...)``) make
+    Optuna call :meth:`reseed_rng`, which forgets the seed, as for Optuna's samplers.
 
     Example:
 
@@ -77,16 +88,17 @@ class StorageSeededRandomSampler(BaseSampler):
 
             import optuna
 
-            from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
+            from optuna_ext.samplers import StorageSeededRandomSampler
 
 
             def objective(trial):
                 return trial.suggest_float("x", -1.0, 1.0) ** 2
 
 
-            storage = optuna.storages.InMemoryStorage()
             whole = optuna.create_study(sampler=StorageSeededRandomSampler(seed=3))
             whole.optimize(objective, n_trials=4)
+
+            storage = optuna.storages.InMemoryStorage()
             for _ in range(2):  # two processes, one after the other, on one storage
                 study = optuna.create_study(
                     storage=storage,
@@ -97,9 +109,23 @@ class StorageSeededRandomSampler(BaseSampler):
                 study.optimize(objective, n_trials=2)
             assert [t.params for t in study.trials] == [t.params for t in whole.trials]
 
+            # Optuna's RandomSampler would start its stream again in the second process.
+            storage = optuna.storages.InMemoryStorage()
+            for _ in range(2):
+                study = optuna.create_study(
+                    storage=storage,
+                    study_name="restarted",
+                    load_if_exists=True,
+                    sampler=optuna.samplers.RandomSampler(seed=3),
+                )
+                study.optimize(objective, n_trials=2)
+            assert study.trials[2].params == study.trials[0].params
+
     Args:
         seed:
-            The seed of every draw; :obj:`None` picks one at random (once per sampler).
+            The seed of every draw, an int (taken modulo ``2**32``); :obj:`None` picks one at
+            random (once per sampler, so only that sampler object and its copies repeat its
+            draws).
     """
 
     def __init__(self, *, seed: int | None = None) -> None:

@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from dataclasses import field
 import math
+import numbers
 import time
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,10 @@ def make_optimizer(
     """
     if name not in OPTIMIZER_NAMES:
         raise ValueError(f"The value of `name` is {name!r}, but must be one of {OPTIMIZER_NAMES}.")
+    for option, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        # A bool is an int to Python: `lr=True` would silently train at rate 1.
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"The value of `{option}` is {value!r}, but must be a float.")
     if not (math.isfinite(lr) and lr > 0.0):
         raise ValueError(f"The value of `lr` is {lr}, but must be finite and `lr > 0`.")
     if not 0.0 <= momentum < 1.0:
@@ -429,7 +434,8 @@ def fit(
             The number of epochs, ``>= 1``.
         schedule:
             A function ``(optimizer, steps_per_epoch) -> LRScheduler`` building a scheduler
-            that is stepped once per iteration, or :obj:`None` for a constant rate.
+            that is stepped once per iteration, or :obj:`None` for a constant rate (it must be
+            :obj:`None` for ``"sgd_hd"`` and ``"adam_hd"``, which set their own rate).
         seed:
             The seed of the data order and of any randomness in training.
         trial:
@@ -443,6 +449,12 @@ def fit(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"The value of `epochs` is {epochs}, but must be `epochs >= 1`.")
+    if schedule is not None and optimizer in _HYPERGRADIENT_NAMES:
+        raise ValueError(
+            f"The value of `schedule` is {schedule!r}, but must be None for `optimizer` "
+            f"{optimizer!r}: it adapts its own rate at every step, and a scheduler would "
+            "overwrite the adapted rate."
+        )
     start = time.perf_counter()
     device = torch.device(device)
     model.to(device)

@@ -76,6 +76,9 @@ def _check_demo_storage(url: str, artifacts: str, capsys: pytest.CaptureFixture[
         assert len(trials) >= budget.n_trials, name
         # Every trial was told (a diverging Hyperdyn candidate may be FAIL, by design).
         assert all(t.state.is_finished() for t in trials), name
+        # optuna-dashboard shows these names instead of "Objective 0".
+        metric_names = optuna.load_study(study_name=name, storage=url).metric_names
+        assert metric_names == (["acc_diff"] if name == "demo-hyperdyn" else ["valid_accuracy"])
     tpe = optuna.load_study(study_name="demo-tpe", storage=url)
     assert all(len(t.intermediate_values) == budget.epochs for t in tpe.trials)
     counts = {n: len(optuna.load_study(study_name=n, storage=url).trials) for n in names}

@@ -18,6 +18,9 @@ from optuna_ext.tasks import make_teacher_data
     "kwargs, match",
     [
         ({"optimizer": "nadam"}, "nadam"),
+        # Hyperdyn sets the rate per epoch; hypergradient descent would move it within.
+        ({"optimizer": "sgd_hd"}, "`optimizer` is 'sgd_hd', but Hyperdyn needs"),
+        ({"optimizer": "adam_hd"}, "`optimizer` is 'adam_hd', but Hyperdyn needs"),
         ({"batch_size": 0}, "batch_size"),
         ({"epochs": 0}, "`epochs` is 0"),
         ({"window": 0}, "`window`"),

@@ -13,19 +13,23 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from optuna_dashboard._named_objectives import get_objective_names
 import pytest
 import torch
 from torch import nn
 
 from optuna_ext._checkpoint import CheckpointError
 from optuna_ext._checkpoint import load_checkpoint
+from optuna_ext._checkpoint import MemoryArtifactStore
 from optuna_ext._gp.box import UnitBox
 from optuna_ext.hyperdyn import check_accuracy_trend
+from optuna_ext.hyperdyn import HyperdynTuner
 from optuna_ext.hyperdyn import keep_probability
-from optuna_ext.hyperdyn import MemoryArtifactStore
 from optuna_ext.hyperdyn import PLOT_ID
 from optuna_ext.hyperdyn._tuner import CONFIG_KEY
 from optuna_ext.hyperdyn._tuner import EPOCH_KEY_PREFIX
+from optuna_ext.optim import AdamHD
+from optuna_ext.optim import SGDHD
 from tests.hyperdyn_tests import _toy
 
 
@@ -302,6 +306,42 @@ def test_non_numeric_metric_raises_type_error() -> None:
 def test_bad_arguments_raise(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _toy.make_tuner(_study(), MemoryArtifactStore(), **kwargs)
+
+
+def test_the_objective_is_named_acc_diff_for_the_dashboard() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(study, MemoryArtifactStore())
+    assert study.metric_names is None
+    tuner.run(epochs=1)
+    assert study.metric_names == ["acc_diff"]
+    # optuna-dashboard reads it from the study's system attrs (instead of "Objective 0").
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert get_objective_names(attrs) == ["acc_diff"]
+    # A name the user chose is kept, on a fresh run and on a resume.
+    named = _study()
+    named.set_metric_names(["gain"])
+    tuner, _, _ = _toy.make_tuner(named, MemoryArtifactStore())
+    tuner.run(epochs=1)
+    assert named.metric_names == ["gain"]
+
+
+@pytest.mark.parametrize("optimizer_cls", [SGDHD, AdamHD])
+def test_a_hypergradient_optimizer_is_refused(optimizer_cls: type) -> None:
+    model = _toy.make_model()
+    study = _study()
+    with pytest.raises(
+        ValueError, match=f"`optimizer` is a {optimizer_cls.__name__}, but Hyperdyn"
+    ):
+        HyperdynTuner(
+            study=study,
+            model=model,
+            optimizer=optimizer_cls(model.parameters(), lr=0.01),
+            train_epoch=_toy.train_epoch,
+            evaluate=_toy.evaluate,
+            artifact_store=MemoryArtifactStore(),
+        )
+    assert study.trials == []
+    assert study._storage.get_study_system_attrs(study._study_id) == {}
 
 
 def test_log_bounds_must_be_positive() -> None:

@@ -1,4 +1,8 @@
-"""Small networks for the metrics tests (independent of ``optuna_ext.tasks``)."""
+"""Small networks for the metrics tests.
+
+They do not use the task models of ``optuna_ext.tasks`` (whose widths, stems and
+initialization may change), only its residual block, shared with the knowledge-gain benchmark.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import math
 
 import torch
 from torch import nn
+
+from optuna_ext.tasks._models import _BasicBlock
 
 
 def small_cnn(in_channels: int = 1, n_classes: int = 4) -> nn.Sequential:
@@ -21,24 +27,6 @@ def small_cnn(in_channels: int = 1, n_classes: int = 4) -> nn.Sequential:
     )
 
 
-class _Block(nn.Module):
-    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 class ResNet20(nn.Module):
     """CIFAR ResNet-20 (He et al. 2016): 16/32/64 channels, 3 blocks per stage."""
 
@@ -50,7 +38,7 @@ class ResNet20(nn.Module):
         in_channels = 16
         for stage, channels in enumerate((16, 32, 64)):
             for block in range(3):
-                blocks.append(_Block(in_channels, channels, 2 if stage and not block else 1))
+                blocks.append(_BasicBlock(in_channels, channels, 2 if stage and not block else 1))
                 in_channels = channels
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, 10)

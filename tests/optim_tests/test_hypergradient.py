@@ -560,3 +560,29 @@ def test_bad_parameter_group_is_rejected_and_not_added() -> None:
 def test_complex_parameters_are_rejected() -> None:
     with pytest.raises(ValueError, match="real floating-point"):
         SGDHD([nn.Parameter(torch.zeros(2, dtype=torch.complex64))], lr=0.1)
+
+
+@pytest.mark.parametrize("paper_exact", [True, False])
+@pytest.mark.parametrize("optimizer_cls", [SGDHD, AdamHD])
+def test_a_non_finite_gradient_leaves_the_rate_unchanged(
+    optimizer_cls: type, paper_exact: bool
+) -> None:
+    param = nn.Parameter(torch.ones(3))
+    optimizer = optimizer_cls([param], lr=0.1, hypergrad_lr=0.01, paper_exact=paper_exact)
+    for grad in (torch.ones(3), torch.tensor([1.0, math.nan, 1.0])):
+        param.grad = grad
+        optimizer.step()
+    # The first step has no previous direction, the second a NaN hypergradient: the rate stays,
+    # and the parameters still take the step (the divergence shows in them, not hidden).
+    assert optimizer.lr_history[0] == [0.1, 0.1]
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    assert torch.isnan(param).any()
+
+
+@pytest.mark.parametrize("optimizer_cls", [SGDHD, AdamHD])
+def test_sparse_gradients_are_refused(optimizer_cls: type) -> None:
+    embedding = nn.Embedding(5, 2, sparse=True)
+    optimizer = optimizer_cls(embedding.parameters(), lr=0.1)
+    embedding(torch.tensor([1, 3])).sum().backward()
+    with pytest.raises(RuntimeError, match=f"{optimizer_cls.__name__} does not support sparse"):
+        optimizer.step()

@@ -241,6 +241,13 @@ def test_suggest_rules_on_a_known_curve() -> None:
         ({"min_lr": "1e-3"}, TypeError, "`min_lr`"),
         ({"seed": 1.5}, TypeError, "`seed`"),
         ({"batch_size": 0}, ValueError, "batch_size"),
+        # An infinite ratio used to give infinite rates; too close bounds, repeated rates.
+        ({"min_lr": 1e-300, "max_lr": 1e300}, ValueError, "`max_lr / min_lr` must be finite"),
+        ({"min_lr": 1.0, "max_lr": 1.0 + 1e-15}, ValueError, "too close"),
+        ({"smoothing": False}, ValueError, "`smoothing` is False"),
+        ({"divergence_factor": True}, ValueError, "`divergence_factor` is True"),
+        ({"loss_fn": "mse"}, TypeError, "`loss_fn`"),
+        ({"momentum": True}, TypeError, "`momentum` is True"),
     ],
 )
 def test_bad_arguments(
@@ -256,3 +263,50 @@ def test_empty_data_and_no_parameters_raise(teacher: DatasetSplit) -> None:
         lr_range_test(build_model("mlp-2-3-1", data=teacher), [], num_steps=5)
     with pytest.raises(ValueError, match="no parameters"):
         lr_range_test(nn.ReLU(), teacher)
+
+
+def test_bad_data_and_losses_name_the_problem(teacher: DatasetSplit) -> None:
+    model = build_model("mlp-2-3-1", data=teacher)
+    x, y = teacher.train.tensors
+    with pytest.raises(TypeError, match="`data` is of type 'int'"):
+        lr_range_test(model, 5, num_steps=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be a pair `\\(inputs, labels\\)`"):
+        lr_range_test(model, (x, y), num_steps=5)  # type: ignore[arg-type]  # a pair of tensors, not of batches
+    with pytest.raises(ValueError, match="scalar tensor .*returned float"):
+        lr_range_test(model, teacher, num_steps=5, loss_fn=lambda out, lab: 1.0)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match="scalar tensor .*shape"):
+        lr_range_test(model, teacher, num_steps=5, loss_fn=lambda out, lab: out)
+
+
+def _result(**kwargs: Any) -> LRRangeTestResult:
+    fields: dict[str, Any] = {
+        "lrs": (1e-3, 1e-2, 1e-1),
+        "losses": (1.0, 0.5, 0.2),
+        "smoothed_losses": (1.0, 0.5, 0.2),
+        "suggested_lr": 1e-2,
+        "rule": "steepest",
+        "diverged": False,
+        "num_steps": 3,
+        **kwargs,
+    }
+    return LRRangeTestResult(**fields)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        # Each used to reach suggest() as an IndexError or a silent answer from bad rates.
+        ({"lrs": (), "losses": (), "smoothed_losses": ()}, "`lrs` is empty"),
+        ({"lrs": (1e-3, 1e-2)}, "lengths .* are 2, 3 and 3"),
+        ({"smoothed_losses": (1.0, 0.5)}, "lengths .* are 3, 3 and 2"),
+        ({"lrs": (-1.0, 1e-2, 1e-1)}, "strictly increase"),
+        ({"lrs": (1e-2, 1e-2, 1e-1)}, "strictly increase"),
+        ({"lrs": (1e-3, 1e-2, math.inf)}, "finite rates"),
+        ({"rule": "valley"}, "`rule`"),
+        ({"num_steps": 2}, "`num_steps`"),
+    ],
+)
+def test_result_checks_its_fields(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _result(**kwargs)
+    assert _result().suggest("min_div_10") == pytest.approx(1e-2)

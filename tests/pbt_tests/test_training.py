@@ -76,3 +76,15 @@ def test_bad_run_digits_arguments_start_nothing(
     with pytest.raises(ValueError, match=match):
         run_digits(storage=storage, artifact_store=tmp_path / "a", data=points, **arguments)
     assert not (tmp_path / "runs.db").exists()  # refused before the storage was opened
+
+
+def test_run_digits_names_the_objective_valid_accuracy(points: Any, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'runs.db'}"
+    arguments: dict[str, Any] = {"population_size": 2, "n_generations": 1, "model": "mlp-2-3-1"}
+    run_digits(storage=storage, artifact_store=tmp_path / "a", data=points, **arguments)
+    study = optuna.load_study(study_name="pbt-digits", storage=storage)
+    assert study.metric_names == ["valid_accuracy"]
+    # A name set by the user is kept when the run is resumed.
+    study.set_metric_names(["accuracy"])
+    run_digits(storage=storage, artifact_store=tmp_path / "a", data=points, **arguments)
+    assert optuna.load_study(study_name="pbt-digits", storage=storage).metric_names == ["accuracy"]

@@ -120,6 +120,34 @@ def test_invalid_arguments(kwargs: dict, name: str) -> None:
         MORLPruner(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, largest",
+    [
+        ({"max_resource": 10, "min_exponent": 10**9}, 2),  # used to hang computing 3**10**9
+        ({"max_resource": 10**6, "reduction_factor": 10**6, "min_exponent": 2**62}, 1),
+        ({"max_resource": 26, "min_exponent": 3}, 2),
+        ({"max_resource": 1, "min_exponent": 1}, 0),
+    ],
+)
+def test_a_first_rung_past_max_resource_is_refused_at_once(kwargs: dict, largest: int) -> None:
+    exponent = kwargs["min_exponent"]
+    with pytest.raises(
+        ValueError,
+        match=rf"`min_exponent` is {exponent}, .*past `max_resource` \({kwargs['max_resource']}\)"
+        rf".*`reduction_factor\*\*min_exponent <= max_resource`.*`min_exponent <= {largest}`",
+    ):
+        MORLPruner(**kwargs)
+    # The largest exponent allowed is accepted, its first rung within max_resource.
+    pruner = MORLPruner(**{**kwargs, "min_exponent": largest})
+    assert pruner.boundaries[0] == kwargs.get("reduction_factor", 3) ** largest
+    assert pruner.boundaries[-1] == kwargs["max_resource"]
+
+
+def test_the_default_exponent_names_itself_when_the_first_rung_is_too_long() -> None:
+    with pytest.raises(ValueError, match=r"`min_exponent` is 2 \(the default\).*`max_resource`"):
+        MORLPruner(max_resource=8)
+
+
 def test_step_past_max_resource_raises() -> None:
     study = optuna.create_study(pruner=MORLPruner(max_resource=10, min_exponent=1))
     trial = study.ask()

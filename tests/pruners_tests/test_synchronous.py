@@ -307,6 +307,12 @@ def test_invalid_arguments(kwargs: dict, name: str) -> None:
         SynchronousMORL(**arguments)
 
 
+def test_a_huge_min_exponent_is_refused_at_once() -> None:
+    # It used to hang computing reduction_factor**min_exponent.
+    with pytest.raises(ValueError, match=r"`min_exponent` is 1000000000, .*`min_exponent <= 2`"):
+        SynchronousMORL(max_resource=9, n_configs=3, min_exponent=10**9)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -552,6 +552,30 @@ def test_surplus_trial_when_every_slot_is_taken() -> None:
     assert sorted(population.slots) == [(0, 0), (0, 1)]
 
 
+def test_surplus_trials_draw_after_a_restart_what_an_uninterrupted_run_draws() -> None:
+    def surplus_values(restart: bool) -> list[float]:
+        storage = optuna.storages.InMemoryStorage()
+        study = optuna.create_study(storage=storage, sampler=PBTSampler(population_size=2, seed=0))
+        study.ask(), study.ask()  # the two members, still running
+        values = []
+        for _ in range(2):
+            if restart:  # a new process: a new sampler with the same seed on the same storage
+                study = optuna.load_study(
+                    study_name=study.study_name,
+                    storage=storage,
+                    sampler=PBTSampler(population_size=2, seed=0),
+                )
+            trial = study.ask()
+            assert storage.get_trial_system_attrs(trial._trial_id).get(SURPLUS_KEY) is True
+            values.append(trial.suggest_float("x", 0, 1))
+        return values
+
+    uninterrupted = surplus_values(restart=False)
+    assert uninterrupted[0] != uninterrupted[1]
+    # Optuna's RandomSampler (the default before) restarted its stream: [v0, v0].
+    assert surplus_values(restart=True) == uninterrupted
+
+
 def test_failed_trial_is_marked_and_replaced() -> None:
     sampler = PBTSampler(population_size=2, seed=0)
     study = optuna.create_study(sampler=sampler)

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import copy
 import pickle
 
 import optuna
+from optuna.samplers import BaseSampler
+from optuna.testing.pytest_samplers import BasicSamplerTestCase
+from optuna.testing.pytest_samplers import MultiObjectiveSamplerTestCase
 from optuna.trial import TrialState
 import pytest
 
+from optuna_ext.samplers import StorageSeededRandomSampler
 from optuna_ext.samplers._storage_seeded import draw_index
-from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
+from tests.samplers_tests._storage_matrix import StorageMatrix
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class TestOptunaContract(StorageMatrix, BasicSamplerTestCase, MultiObjectiveSamplerTestCase):
+    """Optuna's suites for a sampler without relative sampling that allows several objectives
+    (as for its RandomSampler), on every storage mode of the matrix."""
+
+    @pytest.fixture
+    def sampler(self) -> Callable[[], BaseSampler]:
+        return lambda: StorageSeededRandomSampler(seed=0)
 
 
 def objective(trial: optuna.Trial) -> float:
@@ -123,3 +137,8 @@ def test_copies_and_pickles_draw_the_same() -> None:
 def test_bad_seed_raises(seed: object) -> None:
     with pytest.raises(ValueError, match="`seed`"):
         StorageSeededRandomSampler(seed=seed)  # type: ignore[arg-type]
+
+
+def test_the_constructor_is_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        StorageSeededRandomSampler(3)  # type: ignore[call-arg]

@@ -96,6 +96,23 @@ def test_make_optimizer_bad_arguments(name: str, kwargs: dict, match: str) -> No
         make_optimizer(name, nn.Linear(2, 2).parameters(), **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lr": True}, "`lr` is True"),  # a bool would train at rate 1
+        ({"lr": "0.1"}, "`lr` is '0.1'"),
+        ({"lr": 0.1, "momentum": False}, "`momentum` is False"),
+        ({"lr": 0.1, "weight_decay": None}, "`weight_decay` is None"),
+    ],
+)
+@pytest.mark.parametrize("name", ["sgd", "sgd_hd"])
+def test_make_optimizer_wrong_types(name: str, kwargs: dict, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        make_optimizer(name, nn.Linear(2, 2).parameters(), **kwargs)
+    with pytest.raises(TypeError, match="`hypergrad_lr` is True"):
+        make_optimizer("adam_hd", nn.Linear(2, 2).parameters(), lr=0.1, hypergrad_lr=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # train_epoch / evaluate
 
@@ -306,6 +323,27 @@ def test_fit_with_hypergradient_descent_adapts_the_rate(digits: DatasetSplit) ->
 
 def test_optimizer_names_are_covered() -> None:
     assert set(OPTIMIZER_NAMES) == {"sgd", "adam", "adagrad", "rmsprop", "sgd_hd", "adam_hd"}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd_hd", "adam_hd"])
+def test_fit_refuses_a_schedule_with_hypergradient_descent(
+    teacher_2d: DatasetSplit, optimizer: str
+) -> None:
+    # A scheduler would overwrite the rate the optimizer adapts (it used to, silently).
+    model = build_model("mlp-2-5-5-1", data=teacher_2d)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(
+        ValueError, match=f"`schedule` .* must be None for `optimizer` '{optimizer}'"
+    ):
+        fit(
+            model,
+            teacher_2d,
+            optimizer=optimizer,
+            lr=0.01,
+            epochs=1,
+            schedule=lambda opt, steps: LambdaLR(opt, lambda step: 1.0),
+        )
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_fit_divergence_is_reported_not_raised(teacher_2d: DatasetSplit) -> None:

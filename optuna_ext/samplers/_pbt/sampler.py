@@ -14,7 +14,6 @@ from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
-from optuna.samplers import RandomSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.study import StudyDirection
 from optuna.trial import create_trial
@@ -43,6 +42,7 @@ from optuna_ext.samplers._pbt._population import USER_EXPLORE
 from optuna_ext.samplers._pbt._population import USER_GENERATION
 from optuna_ext.samplers._pbt._population import USER_MEMBER
 from optuna_ext.samplers._pbt._population import USER_PARENT
+from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
 
 
 if TYPE_CHECKING:
@@ -187,7 +187,8 @@ class PBTSampler(BaseSampler):
         independent_sampler:
             The sampler for the first generation, for parameters without a plan and for
             trials that are not members. Defaults to seeded sampling per slot (members) and
-            :class:`~optuna.samplers.RandomSampler` (other trials).
+            a :class:`~optuna_ext.samplers.StorageSeededRandomSampler` with ``seed`` (other
+            trials), so that a restart draws what an uninterrupted run would have.
     """
 
     def __init__(
@@ -241,7 +242,7 @@ class PBTSampler(BaseSampler):
         self._seed = seed
         self._rng = LazyRandomState(seed)
         self._custom_independent = independent_sampler is not None
-        self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
+        self._independent_sampler = independent_sampler or StorageSeededRandomSampler(seed=seed)
 
     @property
     def population_size(self) -> int:
