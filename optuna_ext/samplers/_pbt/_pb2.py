@@ -26,7 +26,7 @@ segment, i.e. its generation and the score of the checkpoint it clones (Ray uses
 ``R_before`` of the clone's last recorded segment).
 
 With few rows and gains within their noise (a saturated validation accuracy late in
-training), the GP's mean is nearly flat (within about 0.3 standard deviations of ``y``) while
+training), the GP's mean is nearly flat (within about 0.5 standard deviations of ``y``) while
 ``kappa * var'`` is 0.8 to 1.5 away from the data, so the proposals go to corners of
 ``[0, 1]^d`` (every parameter at a bound). That is GP-UCB exploring, not a wrong sign or
 scale: with a clear signal the proposals find an optimum in the middle (see
