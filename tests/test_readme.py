@@ -28,12 +28,7 @@ DOCUMENTS = sorted(
 # Links known to be broken on main, kept visible as strict xfails until the document is fixed
 # (README.md is the integrator's to edit). When a link here is fixed, the strict xfail of its
 # test has nothing to fail on and test_known_broken_links_are_still_there tells to remove it.
-KNOWN_BROKEN: dict[tuple[str, str], str] = {
-    ("README.md", "benchmarks/results/morl_table1.md"): (
-        "README's method table links morl_table1.md; the MORL results are in "
-        "benchmarks/results/morl_results.md"
-    ),
-}
+KNOWN_BROKEN: dict[tuple[str, str], str] = {}
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _MARKDOWN_LINK = re.compile(

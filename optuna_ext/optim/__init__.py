@@ -14,6 +14,7 @@ from optuna_ext.optim._hypergradient import SGDHD
 from optuna_ext.optim._lr_range_test import lr_range_test
 from optuna_ext.optim._lr_range_test import LRRangeTestResult
 from optuna_ext.optim._lr_range_test import RULES
+from optuna_ext.optim._lr_range_test import SUGGESTED_BY
 
 
-__all__ = ["AdamHD", "LRRangeTestResult", "RULES", "SGDHD", "lr_range_test"]
+__all__ = ["AdamHD", "LRRangeTestResult", "RULES", "SGDHD", "SUGGESTED_BY", "lr_range_test"]

@@ -31,26 +31,55 @@ RULES = ("steepest", "min_div_10")
 _HYPERGRADIENT_NAMES = ("sgd_hd", "adam_hd")
 
 
-def _suggest(lrs: Sequence[float], smoothed: Sequence[float], rule: str) -> float:
+_SKIP_START = 0.1
+"""``"steepest"`` ignores this fraction of the first finite points of the sweep."""
+
+_SKIP_END = 0.05
+"""``"steepest"`` ignores this fraction of the last finite points of the sweep."""
+
+_MIN_DROP = 0.05
+"""A clear descent: the smoothed loss falls by this fraction of its value at the window's start."""
+
+_STEEPEST = "steepest"
+_MIN_DIV_10 = "min_div_10"
+_FALLBACK_MIN_DIV_10 = "min_div_10 (fallback: no clear descent)"
+_FALLBACK_SMALLEST = "smallest rate (fallback: no clear descent, min_div_10 below it)"
+_NO_FINITE_LOSS = "smallest rate (no finite loss)"
+SUGGESTED_BY = (_STEEPEST, _MIN_DIV_10, _FALLBACK_MIN_DIV_10, _FALLBACK_SMALLEST, _NO_FINITE_LOSS)
+"""What can produce a suggestion (see :attr:`LRRangeTestResult.suggested_by`)."""
+
+
+def _suggest(lrs: Sequence[float], smoothed: Sequence[float], rule: str) -> tuple[float, str]:
+    """The suggested rate of ``rule`` and what produced it (one of :data:`SUGGESTED_BY`)."""
     if rule not in RULES:
         raise ValueError(f"The value of `rule` is {rule!r}, but must be one of {RULES}.")
     n = 0
     while n < len(smoothed) and math.isfinite(smoothed[n]):
         n += 1  # the finite prefix: a non-finite loss ends the test
     if n == 0:
-        return float(lrs[0])
+        return float(lrs[0]), _NO_FINITE_LOSS
     values = np.asarray(smoothed[:n], dtype=np.float64)
-    best = int(np.argmin(values))
+    min_div_10 = float(lrs[int(np.argmin(values))]) / 10.0
     if rule == "min_div_10":
-        return float(lrs[best]) / 10.0
-    if n < 2:
-        return float(lrs[0])
-    # The steepest descent of the smoothed loss against log(lr) (central differences over the
-    # whole finite curve), looked for up to its minimum: past the minimum the loss rises, and
+        return min_div_10, _MIN_DIV_10
+    # The window: the first points are left out (the bias-corrected average of the first steps
+    # is that of one or two batches, whose noise would read as the steepest slope), and so are
+    # the last ones (the start of the divergence).
+    start, stop = int(n * _SKIP_START), n - int(n * _SKIP_END)
+    window = values[start:stop]
+    best = int(np.argmin(window)) if len(window) else 0
+    drop = window[0] - window[best] if len(window) else 0.0
+    if len(window) < 3 or best == 0 or not drop > _MIN_DROP * abs(window[0]):
+        # No clear descent: a tenth of the rate at the minimum, but no rate below those tested.
+        if min_div_10 < lrs[0]:
+            return float(lrs[0]), _FALLBACK_SMALLEST
+        return min_div_10, _FALLBACK_MIN_DIV_10
+    # The steepest descent of the smoothed loss against log(lr) (central differences inside
+    # the window), looked for up to the window's minimum: past the minimum the loss rises, and
     # a dip there is noise, not a good rate.
-    log_lrs = np.log(np.asarray(lrs[:n], dtype=np.float64))
-    slopes = np.gradient(values, log_lrs)
-    return float(lrs[int(np.argmin(slopes[: best + 1]))])
+    log_lrs = np.log(np.asarray(lrs[start:stop], dtype=np.float64))
+    slopes = np.gradient(window, log_lrs)
+    return float(lrs[start + int(np.argmin(slopes[: best + 1]))]), _STEEPEST
 
 
 @dataclass(frozen=True)
@@ -71,6 +100,7 @@ class LRRangeTestResult:
                 rule="steepest",
                 diverged=True,
                 num_steps=10,
+                suggested_by="steepest",
             )
             print(result.suggest("min_div_10"), result.stopped_early)
 
@@ -95,6 +125,11 @@ class LRRangeTestResult:
             smoothed loss above ``divergence_factor`` times the lowest so far).
         num_steps:
             The number of steps asked for; fewer were taken when the test stopped early.
+        suggested_by:
+            What produced ``suggested_lr``, one of :data:`SUGGESTED_BY`: the ``rule`` itself
+            (``"steepest"`` or ``"min_div_10"``), or a fallback of ``"steepest"`` when the
+            curve shows no clear descent (see :meth:`suggest`); empty when not recorded (a
+            result built by hand).
     """
 
     lrs: tuple[float, ...]
@@ -104,6 +139,7 @@ class LRRangeTestResult:
     rule: str
     diverged: bool
     num_steps: int
+    suggested_by: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.lrs)
@@ -137,13 +173,26 @@ class LRRangeTestResult:
     def suggest(self, rule: str = "steepest") -> float:
         """Read a rate off the smoothed loss curve by ``rule``.
 
+        Non-finite losses at the end of a diverged test are left out first (the finite prefix
+        of ``n`` points is used).
+
+        ``"min_div_10"``: a tenth of the rate at the smoothed minimum (the rule of thumb of
+        Smith and of fastai's first LR finder).
+
         ``"steepest"``: the rate where the smoothed loss falls fastest, the most negative
-        (central-difference) derivative of the smoothed loss with respect to ``log(lr)``, looked
-        for from the first step up to the smoothed minimum. ``"min_div_10"``: a tenth of the
-        rate at the smoothed minimum (the rule of thumb of Smith and of fastai's first LR
-        finder). Non-finite losses at the end of a diverged test are left out. When the
-        smoothed loss never falls below its first value, ``"steepest"`` gives the smallest
-        rate tested.
+        (central-difference) derivative of the smoothed loss with respect to ``log(lr)``. It is
+        looked for in a window that leaves out the first 10% and the last 5% of the ``n``
+        points (rounded down, so nothing is left out of a curve of fewer than 10 points): the
+        bias-corrected average of the first steps is the average of one or two batches, and
+        the noise of one batch against the small step of ``log(lr)`` of a long sweep would
+        read as the steepest slope, and the last points are the start of the divergence.
+        Inside the window it is looked for from its start up to the window's minimum (past
+        the minimum the loss rises, and a dip there is noise, not a good rate). When the
+        window shows no clear descent (fewer than 3 points, its minimum at its first point,
+        or a fall of the smoothed loss from the window's first point to its minimum of no
+        more than 5% of the first value) it falls back to ``"min_div_10"``, but never to a
+        rate below the smallest one tested (when the minimum is at the smallest rate, that
+        rate). :meth:`explain` says which of these produced the rate.
 
         Example:
 
@@ -159,18 +208,50 @@ class LRRangeTestResult:
                     rule="steepest",
                     diverged=True,
                     num_steps=4,
+                    suggested_by="steepest",
                 )
-                print(result.suggest("steepest"))
+                print(result.suggest("steepest"), result.explain("steepest"))
 
             .. testoutput::
 
-                0.01
+                0.01 steepest
 
         Args:
             rule:
                 One of :data:`RULES`.
         """
-        return _suggest(self.lrs, self.smoothed_losses, rule)
+        return _suggest(self.lrs, self.smoothed_losses, rule)[0]
+
+    def explain(self, rule: str = "steepest") -> str:
+        """What produces :meth:`suggest`'s rate for ``rule``, one of :data:`SUGGESTED_BY`.
+
+        Example:
+
+            .. testcode::
+
+                from optuna_ext.optim import LRRangeTestResult
+
+                flat = (0.7, 0.7, 0.7, 0.7, 0.7)
+                result = LRRangeTestResult(
+                    lrs=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+                    losses=flat,
+                    smoothed_losses=flat,
+                    suggested_lr=1e-4,
+                    rule="steepest",
+                    diverged=False,
+                    num_steps=5,
+                )
+                print(result.suggest(), result.explain())
+
+            .. testoutput::
+
+                0.0001 smallest rate (fallback: no clear descent, min_div_10 below it)
+
+        Args:
+            rule:
+                One of :data:`RULES`.
+        """
+        return _suggest(self.lrs, self.smoothed_losses, rule)[1]
 
 
 def _is_real(value: object) -> bool:
@@ -239,8 +320,11 @@ def lr_range_test(
     ``divergence_factor`` times the lowest smoothed loss so far (the divergence test assumes a
     positive loss, like the cross-entropy or the squared error). The suggested rate is read
     off the smoothed curve by ``rule`` (see :meth:`LRRangeTestResult.suggest`):
-    ``"steepest"`` (default), where the smoothed loss falls fastest against ``log(lr)``, or
-    ``"min_div_10"``, a tenth of the rate at its minimum.
+    ``"steepest"`` (default), where the smoothed loss falls fastest against ``log(lr)``
+    (leaving out the first 10% and last 5% of the sweep, up to the smoothed minimum, with a
+    fallback to ``"min_div_10"`` when there is no clear descent), or ``"min_div_10"``, a tenth
+    of the rate at its minimum; :attr:`LRRangeTestResult.suggested_by` says which produced
+    ``suggested_lr``.
 
     The model is trained in place and **restored afterwards** (also when an exception is
     raised): its parameters and buffers (e.g. BatchNorm statistics) get their values from
@@ -447,12 +531,14 @@ def lr_range_test(
         for p, grad in zip(params, saved_grads, strict=True):
             p.grad = grad
         model.train(was_training)
+    suggested_lr, suggested_by = _suggest(lrs, smoothed, rule)
     return LRRangeTestResult(
         lrs=tuple(lrs),
         losses=tuple(losses),
         smoothed_losses=tuple(smoothed),
-        suggested_lr=_suggest(lrs, smoothed, rule),
+        suggested_lr=suggested_lr,
         rule=rule,
         diverged=diverged,
         num_steps=num_steps,
+        suggested_by=suggested_by,
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from optuna_ext.optim import lr_range_test
 from optuna_ext.optim import LRRangeTestResult
+from optuna_ext.optim import SUGGESTED_BY
 from optuna_ext.tasks import build_model
 from optuna_ext.tasks import DatasetSplit
 from optuna_ext.tasks import make_loader
@@ -64,7 +66,7 @@ def test_suggestion_lies_below_the_divergence_threshold(
     result = _full_batch_test(data)
     # The steepest descent is well inside the stable range, yet not absurdly small.
     assert threshold / 50 < result.suggested_lr < threshold / 2
-    assert result.rule == "steepest"
+    assert result.rule == result.suggested_by == "steepest"
     assert threshold / 100 < result.suggest("min_div_10") < threshold
     # A finer sweep agrees within a small factor.
     finer = _full_batch_test(data, num_steps=200)
@@ -310,3 +312,87 @@ def test_result_checks_its_fields(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _result(**kwargs)
     assert _result().suggest("min_div_10") == pytest.approx(1e-2)
+
+
+def _smoothed(losses: list[float], smoothing: float = 0.98) -> tuple[float, ...]:
+    """The bias-corrected exponential average of ``losses``, as :func:`lr_range_test` makes it."""
+    average, out = 0.0, []
+    for i, loss in enumerate(losses):
+        average = smoothing * average + (1.0 - smoothing) * loss
+        out.append(average / (1.0 - smoothing ** (i + 1)))
+    return tuple(out)
+
+
+def _curve(lrs: tuple[float, ...], losses: list[float]) -> LRRangeTestResult:
+    smoothed = _smoothed(losses)
+    return LRRangeTestResult(
+        lrs=lrs,
+        losses=tuple(losses),
+        smoothed_losses=smoothed,
+        suggested_lr=0.0,
+        rule="steepest",
+        diverged=False,
+        num_steps=len(lrs),
+    )
+
+
+SWEEP = tuple(1e-5 * 1e6 ** (i / 199) for i in range(200))  # 200 rates from 1e-5 to 10
+
+
+def test_steepest_ignores_a_flat_noisy_start_and_finds_the_drop() -> None:
+    # Flat at 0.7 up to 1e-2 (batch noise of 0.03), then a drop to 0.2 by 1.0, then flat: the
+    # shape of the teacher MLPs' curves. The first batches' noise, seen through the
+    # bias-corrected average of one or two batches, must not read as the steepest slope.
+    generator = np.random.default_rng(0)
+    log_lrs = np.log10(SWEEP)
+    clean = 0.2 + 0.5 / (1.0 + np.exp(4.0 * (log_lrs + 1.0)))  # steepest at 1e-1
+    losses = list(clean + 0.03 * generator.standard_normal(len(SWEEP)))
+    losses[1] = clean[1] - 0.09  # one lucky second batch (a 3-sigma one)
+    result = _curve(SWEEP, losses)
+    suggestion = result.suggest("steepest")
+    assert 1e-2 < suggestion < 1.0
+    assert result.explain("steepest") == "steepest"
+    # The flat start without the lucky batch: still inside the drop, for any noise.
+    for seed in range(5):
+        noisy = clean + 0.03 * np.random.default_rng(seed).standard_normal(len(SWEEP))
+        assert 1e-2 < _curve(SWEEP, list(noisy)).suggest() < 1.0
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_steepest_on_a_real_flat_start(teacher: DatasetSplit, seed: int) -> None:
+    # The 2-3-1 teacher MLP with SGD (momentum 0.9) from 1e-5 to 10: the smoothed loss is flat
+    # up to about 1e-2, then falls; the steepest descent is past 1e-2, not the first rates
+    # (with these seeds the first batches' noise used to give 1.15e-5).
+    model = build_model("mlp-2-3-1", data=teacher, seed=seed)
+    result = lr_range_test(
+        model, teacher, min_lr=1e-5, max_lr=10.0, num_steps=200, batch_size=128, seed=seed
+    )
+    assert result.suggested_by == "steepest"
+    assert 1e-2 < result.suggested_lr < 5.0
+    smoothed = result.smoothed_losses
+    assert abs(smoothed[80] - smoothed[20]) < 0.05 * smoothed[20]  # flat from 4e-5 to 3e-3
+
+
+def test_steepest_falls_back_without_a_clear_descent() -> None:
+    # Pure noise around 0.7: no clear descent, so a tenth of the rate at the minimum.
+    noise = 0.7 + 0.01 * np.random.default_rng(1).standard_normal(len(SWEEP))
+    flat = _curve(SWEEP, list(noise))
+    assert flat.explain() == "min_div_10 (fallback: no clear descent)"
+    assert flat.suggest() == flat.suggest("min_div_10")
+    assert flat.explain("min_div_10") == "min_div_10"
+    # Rising from the start: the minimum is at the smallest rates, whose tenth was not tested.
+    rising = _curve(SWEEP, [0.7 + 0.01 * i for i in range(len(SWEEP))])
+    assert rising.suggest() == SWEEP[0]
+    assert rising.explain().startswith("smallest rate")
+    assert rising.explain() in SUGGESTED_BY
+    # A result of the test records what produced its suggestion.
+    empty = LRRangeTestResult(
+        lrs=(1.0,),
+        losses=(math.nan,),
+        smoothed_losses=(math.nan,),
+        suggested_lr=1.0,
+        rule="steepest",
+        diverged=True,
+        num_steps=5,
+    )
+    assert empty.suggest() == 1.0 and empty.explain() == "smallest rate (no finite loss)"

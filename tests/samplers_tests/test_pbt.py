@@ -642,6 +642,38 @@ def test_pb2_pending_points_spread_a_batch() -> None:
     assert abs(float(first[0]) - float(second[0])) > 0.1
 
 
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_pb2_moves_a_log_scale_rate_toward_the_best_gain(
+    direction: Literal["maximize", "minimize"],
+) -> None:
+    # Each segment adds a gain peaked at lr = 0.05 on the log scale of [1e-3, 1] (the middle
+    # of the range, u* = 0.57 in PB2's unit cube): GP-UCB's proposals must find it, whatever
+    # the direction (a minimized study gets the negated score).
+    sign = 1.0 if direction == "maximize" else -1.0
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(
+        sampler=PBTSampler(population_size=4, pb2=True, seed=0), direction=direction
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        parent = trial.user_attrs.get("pbt:parent")
+        before = sign * study.trials[parent].value if parent is not None else 0.0
+        gain = math.exp(-((math.log10(lr / 0.05)) ** 2) / (2 * 0.5**2))
+        return sign * (before + gain + 0.05 * float(rng.standard_normal()))
+
+    study.optimize(objective, n_trials=4 * 9)
+    proposed = [
+        t.params["lr"]
+        for t in study.trials
+        if t.user_attrs.get("pbt:explore", {}).get("lr") == _explore.PROPOSED
+    ]
+    assert len(proposed) >= 6
+    # The later proposals (once the GP has data) lie within a factor of 2 of 0.05.
+    later = proposed[len(proposed) // 2 :]
+    assert abs(float(np.median(np.log10(np.array(later) / 0.05)))) < math.log10(2.0)
+
+
 def test_pb2_sampler_proposes_inside_distributions() -> None:
     sampler = PBTSampler(population_size=4, pb2=True, seed=0)
     study = optuna.create_study(sampler=sampler, direction="maximize")

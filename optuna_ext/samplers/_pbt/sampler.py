@@ -129,7 +129,13 @@ class PBTSampler(BaseSampler):
     parameters by GP-UCB over (time, score before the segment, parameters), fitted on every
     finished segment of the study, with the proposals already made for the same generation
     as pending points (categoricals are explored as in PBT). Until two segments with a parent
-    have finished, it resamples instead.
+    have finished, it resamples instead. Numeric parameters enter the GP mapped to ``[0, 1]``
+    over their distribution, on the log scale for a log distribution (Ray's PB2 maps bounds
+    linearly). With few segments whose gains are within their noise, GP-UCB's variance term
+    dominates and the proposals go to the bounds of the distributions; a member sent to the
+    lowest learning rate then hardly changes its score (the top member's that it cloned),
+    so it tends to stay among the best (measured in
+    ``benchmarks/results/pb2_lower_bound_notes.md``).
 
     **With the harness or alone.** :func:`optuna_ext.pbt.run` materializes each generation's
     slots as WAITING trials, claims them atomically, loads and saves checkpoints and handles
