@@ -18,6 +18,10 @@ from optuna_ext import pruners
 from optuna_ext import samplers
 from optuna_ext import schedules
 from optuna_ext import tasks
+from optuna_ext._storage import load_or_create_study
+from optuna_ext._storage import mask_url
+from optuna_ext._storage import open_storage
+from optuna_ext._storage import StorageError
 from optuna_ext.hyperdyn import fit_hyperdyn
 from optuna_ext.hyperdyn import HyperdynTuner
 from optuna_ext.metrics import EVBMFResult
@@ -61,12 +65,16 @@ __all__ = [
     "SGDHD",
     "StorageSeededRandomSampler",
     "SynchronousMORL",
+    "StorageError",
     "SynchronousRound",
     "__version__",
     "fit_hyperdyn",
     "hyperdyn",
+    "load_or_create_study",
+    "mask_url",
     "lr_range_test",
     "metrics",
+    "open_storage",
     "optim",
     "pbt",
     "pruners",

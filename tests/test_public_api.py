@@ -51,3 +51,12 @@ def test_the_restart_stable_random_sampler_is_public() -> None:
     assert "StorageSeededRandomSampler" in optuna_ext.samplers.__all__
     assert "StorageSeededRandomSampler" in optuna_ext.__all__
     assert "Example:" in (StorageSeededRandomSampler.__doc__ or "")
+
+
+def test_the_storage_helpers_are_public() -> None:
+    # The README's many-workers recipe imports them from the top level.
+    from optuna_ext import _storage
+
+    for name in ("open_storage", "load_or_create_study", "mask_url", "StorageError"):
+        assert getattr(optuna_ext, name) is getattr(_storage, name)
+        assert name in optuna_ext.__all__
