@@ -629,6 +629,8 @@ class SynchronousMORL:
                 changed = True
         for t in view.losers:
             if t.state == TrialState.WAITING and _claim_waiting(storage, t._trial_id):
+                # A retry that lost its round's reports gets them, so its value is the last.
+                _inherit_reports(storage, study.get_trials(deepcopy=False), t)
                 self._drop_state(study, t._trial_id, _last_rung_done(t))
                 self._states.get(storage, {}).pop(t._trial_id, None)
                 study.tell(t.number, state=TrialState.PRUNED)
@@ -693,18 +695,28 @@ class SynchronousMORL:
             trial_id = existing._trial_id
             if not _claim_waiting(storage, trial_id):
                 return None
-        if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
-            # At once: a worker killed before its heartbeat thread starts still leaves a
-            # trial that becomes stale.
-            storage.record_heartbeat(trial_id)
-        again = self._view(study, study.get_trials(deepcopy=False), view.bracket)
-        mine = again.configs.get(config)
-        if mine is None or mine._trial_id != trial_id:
-            storage.set_trial_system_attr(trial_id, DUPLICATE_KEY, True)
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-            return None
-        study._thread_local.cached_all_trials = None
-        return optuna.trial.Trial(study, trial_id)
+        try:
+            if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+                # At once: a worker killed before its heartbeat thread starts still leaves a
+                # trial that becomes stale.
+                storage.record_heartbeat(trial_id)
+            trials = study.get_trials(deepcopy=False)
+            mine = self._view(study, trials, view.bracket).configs.get(config)
+            if mine is None or mine._trial_id != trial_id:
+                storage.set_trial_system_attr(trial_id, DUPLICATE_KEY, True)
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+                return None
+            _inherit_reports(storage, trials, mine)
+            study._thread_local.cached_all_trials = None
+            return optuna.trial.Trial(study, trial_id)
+        except BaseException:
+            # Interrupted (Ctrl-C, an error) after the trial was taken and before it trains:
+            # release it, as `_train` does, so that the next worker takes it at once.
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.WAITING)
+            except Exception:  # pragma: no cover - the storage is gone as well
+                _logger.warning(f"SynchronousMORL: could not release trial id {trial_id}.")
+            raise
 
     def _wait_or_raise(
         self,
@@ -915,14 +927,50 @@ def _last_rung_done(trial: optuna.trial.FrozenTrial) -> int:
     return rung
 
 
+def _inherit_reports(
+    storage: BaseStorage,
+    trials: Sequence[optuna.trial.FrozenTrial],
+    trial: optuna.trial.FrozenTrial,
+) -> None:
+    """Give a retry the values its failed original reported and it lacks.
+
+    Optuna's ``RetryFailedTrialCallback`` copies no intermediate values unless asked
+    (``inherit_intermediate_values``), so a configuration continued in its retry would show
+    only the rounds after the failure in the dashboard; the ranking does not depend on them
+    (the rung values are system attrs, which are copied).
+    """
+    history = trial.system_attrs.get("retry_history")
+    if not history or not isinstance(history[-1], int):
+        return
+    original = next((t for t in trials if t.number == history[-1]), None)
+    if original is None:
+        return
+    for step, value in sorted(original.intermediate_values.items()):
+        if step not in trial.intermediate_values:
+            storage.set_trial_intermediate_value(trial._trial_id, step, value)
+
+
 def _copy_of(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
-    """A WAITING copy of a failed trial, with its configuration, progress and checkpoints."""
+    """A WAITING copy of a failed trial, with its configuration, progress and checkpoints.
+
+    The copy is marked as Optuna's ``RetryFailedTrialCallback`` marks a retry (the system
+    attrs ``"failed_trial"``, the first trial of the configuration, and ``"retry_history"``), so
+    that ``RetryFailedTrialCallback.retried_trial_number`` finds the original and a sampler
+    seeded per draw (``StorageSeededRandomSampler``) does not count the copy as a new draw.
+    """
+    attrs = trial.system_attrs
+    history = list(attrs.get("retry_history", []))
     return optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=trial.params,
         distributions=trial.distributions,
         user_attrs=trial.user_attrs,
-        system_attrs={**trial.system_attrs, f"{_PREFIX}:copy_of": trial.number},
+        system_attrs={
+            **attrs,
+            f"{_PREFIX}:copy_of": trial.number,
+            "failed_trial": attrs.get("failed_trial", trial.number),
+            "retry_history": [*history, trial.number],
+        },
         intermediate_values=trial.intermediate_values,
     )
 

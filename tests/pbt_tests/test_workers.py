@@ -108,8 +108,8 @@ def _kill_and_resume(url: str, tmp_path: Path, retry: bool) -> None:
     n_generations = 4
     _create(url)
     worker = _start(url, tmp_path, n_generations, 0.3, retry)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         trials = _trials(url)
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         # A segment that has started training (its checkpoint has been loaded).
@@ -118,8 +118,16 @@ def _kill_and_resume(url: str, tmp_path: Path, retry: bool) -> None:
             for t in trials
             if t.state == TrialState.RUNNING and "pbt:restored_from" in t.user_attrs
         ]
-        if len(done) >= 6 and running:
-            break
+        return len(done) >= 6 and bool(running)
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and worker.poll() is None:
+        if ready():
+            # Freeze the worker and look again: the segment may have ended in between.
+            worker.send_signal(signal.SIGSTOP)
+            if ready():
+                break
+            worker.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     worker.send_signal(signal.SIGKILL)
     worker.wait()

@@ -575,11 +575,14 @@ def test_resume_after_max_rounds_in_a_fresh_process(
     assert _summary(study, store) == expected
 
 
-def test_a_trial_asked_by_a_killed_run_is_taken_over(tmp_path: Any) -> None:
-    # The run dies between `study.ask()` and labelling the trial with its bracket: the resumed
-    # runner adopts that trial, so the trial numbers, hence the configurations a sampler seeded
-    # per trial draws, are those of an uninterrupted run, and nothing stays RUNNING.
-    from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
+def test_a_run_interrupted_right_after_taking_a_trial_releases_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run is interrupted (Ctrl-C) between creating a configuration's trial and training
+    # it: the trial is released (WAITING, its bracket and index recorded), so the resumed
+    # runner trains it at once, and the run ends with the trials, numbers included, of an
+    # uninterrupted one (the sampler draws per trial from the storage).
+    from optuna_ext.samplers import StorageSeededRandomSampler
 
     def summary(study: optuna.Study) -> list[tuple[int, TrialState, float | None, dict]]:
         return [(t.number, t.state, t.value, t.params) for t in study.trials]
@@ -589,29 +592,62 @@ def test_a_trial_asked_by_a_killed_run_is_taken_over(tmp_path: Any) -> None:
 
     store = _new_store(tmp_path / "b")
     study = optuna.create_study(sampler=StorageSeededRandomSampler(seed=4))
-    ask = study.ask
-    asked = {"n": 0}
+    init = optuna.trial.Trial.__init__
+    made = {"n": 0}
 
-    def dying_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
-        trial = ask(*args, **kwargs)
-        asked["n"] += 1
-        if asked["n"] == 5:
-            raise KeyboardInterrupt("killed right after ask")
-        return trial
+    def dying_init(self: optuna.trial.Trial, *args: Any, **kwargs: Any) -> None:
+        made["n"] += 1
+        if made["n"] == 5:
+            raise KeyboardInterrupt("interrupted after the trial was created, before training")
+        init(self, *args, **kwargs)
 
-    study.ask = dying_ask  # type: ignore[method-assign]
+    monkeypatch.setattr(optuna.trial.Trial, "__init__", dying_init)
+    recorder = _Recorder()
     with pytest.raises(KeyboardInterrupt):
-        _runner(store).optimize(study, _Recorder())
+        _runner(store).optimize(study, recorder)
+    monkeypatch.undo()
     orphan = study.trials[-1]
-    assert orphan.state == TrialState.RUNNING and BRACKET_KEY not in orphan.system_attrs
-    resumed = optuna.load_study(
-        study_name=study.study_name,
-        storage=study._storage,
-        sampler=StorageSeededRandomSampler(seed=4),
-    )
-    _runner(store).optimize(resumed, _Recorder())
-    assert summary(resumed) == summary(reference)
-    assert resumed.trials[orphan.number].system_attrs[CONFIG_KEY] == 4
+    assert orphan.state == TrialState.WAITING
+    assert orphan.system_attrs[BRACKET_KEY] == 0 and orphan.system_attrs[CONFIG_KEY] == 4
+    assert len(recorder.calls) == 4
+    _runner(store).optimize(study, _Recorder())
+    assert summary(study) == summary(reference)
+
+
+def test_a_configuration_whose_trial_failed_goes_on_in_a_marked_copy(tmp_path: Any) -> None:
+    # A worker killed while training leaves its trial RUNNING; once it is failed (by the
+    # heartbeat, or here by hand), the configuration goes on from its last round in a copy
+    # marked as Optuna marks a retry, so the later configurations draw what they would have.
+    from optuna_ext.samplers import StorageSeededRandomSampler
+
+    def by_config(study: optuna.Study) -> dict[tuple[int, int], tuple[Any, ...]]:
+        return {
+            (t.system_attrs[BRACKET_KEY], t.system_attrs[CONFIG_KEY]): (t.state, t.value, t.params)
+            for t in study.trials
+            if t.state != TrialState.FAIL
+        }
+
+    reference = optuna.create_study(sampler=StorageSeededRandomSampler(seed=4))
+    _runner(_new_store(tmp_path / "a")).optimize(reference, _Recorder())
+
+    store = _new_store(tmp_path / "b")
+    study = optuna.create_study(sampler=StorageSeededRandomSampler(seed=4))
+    _runner(store).optimize(study, _Recorder(), max_rounds=1)
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 3
+    lost = waiting[1]
+    # What a killed worker leaves: the trial taken (RUNNING), then failed as stale.
+    assert study._storage.set_trial_state_values(lost._trial_id, state=TrialState.RUNNING)
+    study.tell(lost.number, state=TrialState.FAIL)
+    _runner(store).optimize(study, _Recorder())
+    copies = [t for t in study.trials if t.system_attrs.get("SynchronousMORL:copy_of") is not None]
+    assert [t.system_attrs["SynchronousMORL:copy_of"] for t in copies] == [lost.number]
+    assert copies[0].system_attrs["failed_trial"] == lost.number
+    assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(copies[0]) == lost.number
+    assert copies[0].params == lost.params
+    assert copies[0].system_attrs[checkpoint_key(0)] == lost.system_attrs[checkpoint_key(0)]
+    assert by_config(study) == by_config(reference)
+    assert len(study.trials) == len(reference.trials) + 1
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
@@ -623,7 +659,7 @@ def test_resume_with_a_lost_checkpoint_names_the_artifact(tmp_path, damage: str)
     store = _new_store(tmp_path / "artifacts")
     study = _quiet_study()
     _runner(store).optimize(study, _Recorder(), max_rounds=1)
-    promoted = [t for t in study.trials if t.state == TrialState.RUNNING]
+    promoted = [t for t in study.trials if t.state == TrialState.WAITING]
     assert len(promoted) == 3
     artifact_id = promoted[0].system_attrs[checkpoint_key(0)]
     path = tmp_path / "artifacts" / artifact_id

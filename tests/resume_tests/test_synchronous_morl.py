@@ -1,12 +1,13 @@
 """SynchronousMORL killed with SIGKILL and restarted: the same rounds, promotions and values.
 
 Two brackets of 9 configurations (rounds of 9, 3 and 1 ending at epochs 1, 3 and 9), states in
-a file-system artifact store, a sampler seeded per trial (``StorageSeededRandomSampler``). The
-runner works by ask-and-tell: its trials stay RUNNING between rounds by design and get no
-heartbeat, so Optuna never fails them; the resumed runner re-attaches them and retrains the
-interrupted round from the last checkpoint. The storage has heartbeats and the retry callback
-anyway, as a user's would, to show they do not interfere. Killed inside ``train_fn`` at two
-seeded (bracket, round, configuration) points and once from outside at a random moment.
+a file-system artifact store, a sampler seeded per draw (``StorageSeededRandomSampler``), a
+storage with heartbeats and Optuna's retry of stale trials, as a user's with several workers
+would have. Between rounds a configuration's trial is WAITING, so a kill there leaves nothing
+behind; the trial being trained is left RUNNING, failed once its heartbeat is stale, and its
+configuration goes on from its last round in a retry (a copy with the same parameters and
+checkpoints). Killed inside ``train_fn`` at two seeded (bracket, round, configuration) points
+and once from outside at a random moment.
 """
 
 from __future__ import annotations
@@ -80,20 +81,22 @@ def _last_round(trial: FrozenTrial) -> int:
     return max(k for k in range(3) if rung_value_key(k) in trial.system_attrs)
 
 
-def decisions(trials: list[FrozenTrial]) -> list[tuple[Any, ...]]:
-    return [
-        (
-            t.number,
-            t.system_attrs[BRACKET_KEY],
-            t.system_attrs[CONFIG_KEY],
+def decisions(trials: list[FrozenTrial]) -> dict[tuple[int, int], tuple[Any, ...]]:
+    """Each configuration's outcome, by (bracket, configuration): the trials that did not fail."""
+    out = {}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            continue
+        key = (t.system_attrs[BRACKET_KEY], t.system_attrs[CONFIG_KEY])
+        assert key not in out, f"configuration {key} has two live trials"
+        out[key] = (
             t.params,
             t.state,
             t.value,
             t.intermediate_values,
             {k: v for k, v in t.system_attrs.items() if ":completed_rung_" in k},
         )
-        for t in trials
-    ]
+    return out
 
 
 def test_synchronous_morl_resumes_after_kills(storage: tuple[str, str], tmp_path: Path) -> None:
@@ -105,16 +108,17 @@ def test_synchronous_morl_resumes_after_kills(storage: tuple[str, str], tmp_path
         plans(name),
         tmp_path,
         consistent=None,
-        heartbeat=False,
+        heartbeat=True,
     )
     _harness.assert_no_finished_trial_lost(outcome)
-    # The same trials, numbers included: nothing failed, nothing retried, nothing lost.
+    # Every configuration has the parameters, promotions and values of the uninterrupted run.
     assert decisions(outcome.trials) == decisions(ref.trials)
-    assert not [t for t in outcome.trials if t.state == TrialState.FAIL]
-    # The trials each kill left RUNNING (the suspended round and the interrupted one) were
-    # re-attached and finished as in the uninterrupted run.
-    assert outcome.kills[0].running and outcome.kills[1].running
-    final = {t.number: t for t in outcome.trials}
-    for kill in outcome.kills:
-        for t in kill.running:
-            assert final[t.number].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    # The two kills inside train_fn left the trial being trained RUNNING, and nothing else
+    # (the configurations between rounds wait as WAITING): each was failed as stale and its
+    # configuration finished in a retry with its parameters.
+    for kill in outcome.kills[:2]:
+        assert len(kill.running) == 1 and kill.stale == [kill.running[0].number]
+    retried = _harness.assert_stale_trials_retried(outcome)
+    failed = [t for t in outcome.trials if t.state == TrialState.FAIL]
+    assert retried == len(failed) >= 2
+    assert len(outcome.trials) == len(ref.trials) + len(failed)
