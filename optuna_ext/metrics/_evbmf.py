@@ -291,8 +291,18 @@ def _solve_padded(
     valid = index < torch.tensor(counts, device=device).unsqueeze(1)
     in_tail = valid & (index >= torch.tensor(tail_starts, device=device).unsqueeze(1))
 
+    # Every sum over a row is the prefix sum at the row's last singular value: a running sum
+    # in index order, so that a row's result does not depend on how far the rows are padded
+    # (a plain `sum` over the padded width changes its summation order with the width, and
+    # with it the last bits, the search's path and, near the threshold, the rank), i.e. on the
+    # other matrices of the batch.
+    last = (torch.tensor(counts, device=device) - 1).unsqueeze(1)
+
+    def row_sum(values: torch.Tensor) -> torch.Tensor:
+        return values.cumsum(dim=1).gather(1, last.expand(values.shape[0], 1))
+
     s = torch.where(valid, singular_values, torch.zeros_like(singular_values))
-    energy = (s * s).sum(dim=1, keepdim=True)
+    energy = row_sum(s * s)
     degenerate = energy <= 0.0  # the zero matrix: rank 0, sigma^2 = 0
     mean_square = torch.where(degenerate, torch.ones_like(energy), energy / (L * M))
     scale = mean_square if rescale else torch.ones_like(mean_square)
@@ -302,11 +312,11 @@ def _solve_padded(
     s2_over_m = torch.where(valid, (s * s / scale / M).clamp_min(tiny), torch.ones_like(s))
     s2_over_m = torch.where(degenerate, torch.ones_like(s2_over_m), s2_over_m)
 
-    upper = torch.where(valid, s2_over_m, torch.zeros_like(s2_over_m)).sum(1, keepdim=True) / L
+    upper = row_sum(torch.where(valid, s2_over_m, torch.zeros_like(s2_over_m))) / L
     first_tail = s2_over_m.gather(1, torch.tensor(tail_starts, device=device).unsqueeze(1))
-    tail_mean = torch.where(in_tail, s2_over_m, torch.zeros_like(s2_over_m)).sum(
-        1, keepdim=True
-    ) / in_tail.sum(1, keepdim=True).clamp_min(1)
+    tail_mean = row_sum(torch.where(in_tail, s2_over_m, torch.zeros_like(s2_over_m))) / (
+        in_tail.sum(1, keepdim=True).clamp_min(1)
+    )
     lower = torch.maximum(first_tail / x_bar, tail_mean)
     # The reference (scipy) raises "lower bound exceeds upper bound" here; it only happens for
     # tall matrices (L/M >~ 3) under tall_policy="reference", and counts as rank 0.
@@ -331,7 +341,7 @@ def _solve_padded(
         shifted = x - one_plus_alpha
         tau = 0.5 * (shifted + (shifted * shifted - four_alpha).clamp_min(0.0).sqrt())
         signal = noise + torch.log1p(tau) - tau + alpha * torch.log1p(tau / alpha)
-        value = (torch.where(x > x_bar, signal, noise) * weight).sum(1)
+        value = row_sum(torch.where(x > x_bar, signal, noise) * weight).squeeze(1)
         if has_log_term:
             value = value + log_coefficient * torch.log(sigma2)
         return value

@@ -241,7 +241,10 @@ def _knowledge_gains(
     largest = shrunk[:, :1]
     ratios = shrunk / torch.where(largest > 0.0, largest, torch.ones_like(largest))
     n_channels = torch.tensor(channels, dtype=torch.float64, device=device)
-    gains = (ratios**p).sum(1) / n_channels
+    # The sum up to each unfolding's own number of singular values (a prefix sum, as in
+    # `_solve_padded`), so that a layer's gain does not depend on the other layers' widths.
+    last = torch.tensor([min(shape) - 1 for shape in shapes], device=device).unsqueeze(1)
+    gains = (ratios**p).cumsum(dim=1).gather(1, last).squeeze(1) / n_channels
 
     ranks = solution.rank.tolist()
     gain_values = gains.tolist()

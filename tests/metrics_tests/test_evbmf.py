@@ -330,3 +330,34 @@ def test_scale_equivariance_on_random_matrices(
     scaled = evbmf(scale * y)
     assert scaled.rank == base.rank
     assert scaled.sigma2 == pytest.approx(base.sigma2 * scale**2, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_matrix_solved_with_wider_ones_gets_the_same_answer(seed: int) -> None:
+    # Matrices of different shapes are solved in one batch, their singular values padded to
+    # the widest; a matrix's noise variance and rank must not depend on that padding, i.e. on
+    # the other matrices (a plain sum over the padded width changed the last bits, the
+    # search's path and, near the threshold, the rank).
+    from optuna_ext.metrics._evbmf import _DEFAULT_RTOL
+    from optuna_ext.metrics._evbmf import _solve_padded
+
+    g = torch.Generator().manual_seed(seed)
+    n_rows, n_cols = 12 + seed % 7, 40 + seed
+    signal = torch.randn(n_rows, 3, generator=g, dtype=torch.float64) @ torch.randn(
+        3, n_cols, generator=g, dtype=torch.float64
+    )
+    values = torch.linalg.svdvals(
+        0.3 * signal + torch.randn(n_rows, n_cols, generator=g, dtype=torch.float64)
+    )
+    options = {"tall_policy": "transpose", "rescale": True, "rtol": _DEFAULT_RTOL, "atol": 0.0}
+    alone = _solve_padded(values.unsqueeze(0), [(n_rows, n_cols)], **options)
+    width = 64 + 5 * seed
+    padded = torch.zeros(2, width, dtype=torch.float64)
+    padded[0, :n_rows] = values
+    padded[1] = torch.linalg.svdvals(
+        torch.randn(width, 2 * width, generator=g, dtype=torch.float64)
+    )
+    together = _solve_padded(padded, [(n_rows, n_cols), (width, 2 * width)], **options)
+    assert together.sigma2[0].item() == alone.sigma2[0].item()
+    assert together.rank[0].item() == alone.rank[0].item()
+    assert torch.equal(together.shrunk[0, :n_rows], alone.shrunk[0])

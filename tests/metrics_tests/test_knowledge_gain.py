@@ -211,3 +211,17 @@ def test_does_not_touch_gradients_or_weights() -> None:
     knowledge_gain_rank(model)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_layer_gets_the_same_gains_whatever_the_other_layers(seed: int) -> None:
+    # The unfoldings of all layers are solved together: a layer's ranks and gains must be those
+    # it gets in a model of its own, whatever the widths of the layers beside it.
+    torch.manual_seed(seed)
+    small = nn.Conv2d(6, 10, 3)
+    plant_low_rank(small.weight, rank=2, seed=seed)
+    wide = nn.Sequential(nn.Conv2d(10, 48, 3), nn.Conv2d(48, 96, 1))
+    alone = knowledge_gain_rank(nn.Sequential(small)).layers[0]
+    together = knowledge_gain_rank(nn.Sequential(small, wide)).layers[0]
+    assert (together.rank3, together.rank4) == (alone.rank3, alone.rank4)
+    assert (together.gain3, together.gain4) == (alone.gain3, alone.gain4)
