@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from hypothesis import given
 from hypothesis import settings
@@ -349,15 +350,20 @@ def test_a_matrix_solved_with_wider_ones_gets_the_same_answer(seed: int) -> None
     values = torch.linalg.svdvals(
         0.3 * signal + torch.randn(n_rows, n_cols, generator=g, dtype=torch.float64)
     )
-    options = {"tall_policy": "transpose", "rescale": True, "rtol": _DEFAULT_RTOL, "atol": 0.0}
-    alone = _solve_padded(values.unsqueeze(0), [(n_rows, n_cols)], **options)
+
+    def solve(values: torch.Tensor, shapes: list[tuple[int, int]]) -> Any:
+        return _solve_padded(
+            values, shapes, tall_policy="transpose", rescale=True, rtol=_DEFAULT_RTOL, atol=0.0
+        )
+
+    alone = solve(values.unsqueeze(0), [(n_rows, n_cols)])
     width = 64 + 5 * seed
     padded = torch.zeros(2, width, dtype=torch.float64)
     padded[0, :n_rows] = values
     padded[1] = torch.linalg.svdvals(
         torch.randn(width, 2 * width, generator=g, dtype=torch.float64)
     )
-    together = _solve_padded(padded, [(n_rows, n_cols), (width, 2 * width)], **options)
+    together = solve(padded, [(n_rows, n_cols), (width, 2 * width)])
     assert together.sigma2[0].item() == alone.sigma2[0].item()
     assert together.rank[0].item() == alone.rank[0].item()
     assert torch.equal(together.shrunk[0, :n_rows], alone.shrunk[0])
