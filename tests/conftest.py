@@ -5,6 +5,11 @@ The PostgreSQL and MySQL tests read a server URL from an environment variable
 servers of a development machine (see the defaults below). Each test gets a fresh database on
 that server, dropped afterwards. Outside CI a server that does not answer skips the test; in CI
 (``CI=true``) it fails it, so that CI never passes by skipping the storage tests.
+
+Hypothesis runs with its ``ci`` profile under ``CI=true``: derandomized (the same examples
+every run, so that a CI failure is reproducible and CI is not red by the luck of a draw) and
+without a deadline (the machine is shared). Locally it keeps drawing new examples, which is
+where new failures are found; ``--hypothesis-profile=ci`` reproduces CI's draws.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Iterator
 import os
 import uuid
 
+from hypothesis import settings
 import pytest
 import sqlalchemy
 
@@ -23,6 +29,17 @@ DEFAULT_URLS = {
     POSTGRES_URL_ENV: "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
     MYSQL_URL_ENV: "mysql+pymysql://root@127.0.0.1:3306/test",
 }
+
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+settings.load_profile("ci" if _in_ci() else "dev")
 
 
 @pytest.fixture(autouse=True)
@@ -40,10 +57,6 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n_threads)
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _missing(reason: str) -> None:
