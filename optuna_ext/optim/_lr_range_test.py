@@ -279,13 +279,23 @@ def _cycle(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Go over ``batches`` again and again (one pass per epoch)."""
+    n_batches = 0
     while True:
         empty = True
         for batch in batches:
             empty = False
+            n_batches += 1
             yield batch
-        if empty:
+        if empty and n_batches == 0:
             raise ValueError("The data yielded no batch.")
+        if empty:
+            raise ValueError(
+                f"The data yielded {n_batches} batches and then none when gone over again: it "
+                "is a one-pass iterator (a generator or `iter(...)`), which the test cannot "
+                "cycle through (it needs `num_steps + 1` batches: the loss after each step is "
+                "measured on the next batch). Pass a list of batches, a DataLoader or a data "
+                f"set, or `num_steps <= {n_batches - 1}`."
+            )
 
 
 def lr_range_test(

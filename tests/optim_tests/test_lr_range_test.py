@@ -278,6 +278,14 @@ def test_bad_data_and_losses_name_the_problem(teacher: DatasetSplit) -> None:
         lr_range_test(model, teacher, num_steps=5, loss_fn=lambda out, lab: 1.0)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError, match="scalar tensor .*shape"):
         lr_range_test(model, teacher, num_steps=5, loss_fn=lambda out, lab: out)
+    # A one-pass iterator cannot be gone over again: the message says so (it used to say
+    # "yielded no batch"), and the model is restored; with enough batches it works.
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="yielded 4 batches .*one-pass iterator.*num_steps <= 3"):
+        lr_range_test(model, iter(batches), num_steps=10)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert len(lr_range_test(model, iter(batches), num_steps=3).lrs) == 3
 
 
 def _result(**kwargs: Any) -> LRRangeTestResult:
