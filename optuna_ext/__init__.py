@@ -36,6 +36,7 @@ from optuna_ext.pruners import MORLHyperbandPruner
 from optuna_ext.pruners import MORLPruner
 from optuna_ext.pruners import SynchronousMORL
 from optuna_ext.pruners import SynchronousRound
+from optuna_ext.samplers import AutoHyperEvaluation
 from optuna_ext.samplers import AutoHyperResult
 from optuna_ext.samplers import AutoHyperSampler
 from optuna_ext.samplers import AutoHyperSearch
@@ -48,6 +49,7 @@ from optuna_ext.version import __version__
 
 __all__ = [
     "AdamHD",
+    "AutoHyperEvaluation",
     "AutoHyperResult",
     "AutoHyperSampler",
     "AutoHyperSearch",

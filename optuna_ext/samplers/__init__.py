@@ -3,6 +3,7 @@ and a random sampler whose draws survive a restart."""
 
 from __future__ import annotations
 
+from optuna_ext.samplers._autohyper import AutoHyperEvaluation
 from optuna_ext.samplers._autohyper import AutoHyperResult
 from optuna_ext.samplers._autohyper import AutoHyperSampler
 from optuna_ext.samplers._autohyper import AutoHyperSearch
@@ -12,6 +13,7 @@ from optuna_ext.samplers._storage_seeded import StorageSeededRandomSampler
 
 
 __all__ = [
+    "AutoHyperEvaluation",
     "AutoHyperResult",
     "AutoHyperSampler",
     "AutoHyperSearch",

@@ -280,8 +280,22 @@ class GridPoint:
 
 
 @dataclasses.dataclass(frozen=True)
-class Evaluation:
-    """A measurement used by the search: ``Z`` at ``lr`` (point ``index`` of pass ``pass_id``)."""
+class AutoHyperEvaluation:
+    """A measurement used by the search: ``Z`` at ``lr`` (point ``index`` of pass ``pass_id``).
+
+    :attr:`AutoHyperResult.evaluations` lists them in order; plotted against ``lr`` (log axis)
+    they are the response curve ``Z(lr)`` of the paper's Figure 1.
+
+    Attributes:
+        pass_id:
+            The grid (pass) of the search, from 0; each grow, shrink or zoom starts a new one.
+        index:
+            The point's index in that grid.
+        lr:
+            The learning rate of the point.
+        z:
+            The knowledge-gain rank ``Z`` measured there (the mean over the trial's epochs).
+    """
 
     pass_id: int
     index: int
@@ -358,7 +372,7 @@ class SearchState:
     reason: str
     n_trials: int
     events: tuple[SearchEvent, ...]
-    evaluations: tuple[Evaluation, ...]
+    evaluations: tuple[AutoHyperEvaluation, ...]
     head_failures: int
     # Internal loop variables, kept so that the search can be continued hypothetically.
     _min_lr: float = dataclasses.field(repr=False, default=0.0)
@@ -431,7 +445,7 @@ class _Machine:
         self.z_one_max = 0.0
         self.n_trials = 0
         self.events: list[SearchEvent] = []
-        self.evaluations: list[Evaluation] = []
+        self.evaluations: list[AutoHyperEvaluation] = []
         self.finished = False
         self.converged = False
         self.lr: float | None = None
@@ -566,7 +580,7 @@ class _Machine:
         s = self.s
         i = self.i
         lr = self.grid[i]
-        self.evaluations.append(Evaluation(self.pass_id, i, lr, z))
+        self.evaluations.append(AutoHyperEvaluation(self.pass_id, i, lr, z))
         self.hist.append(z)
         zeta = float(np.prod(np.asarray(self.hist, dtype=np.float64))) ** s.power
 

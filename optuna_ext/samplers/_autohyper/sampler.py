@@ -21,8 +21,8 @@ from optuna_ext._storage import retry_on_write_conflict
 from optuna_ext._storage import save_dashboard_figure
 from optuna_ext.metrics._keys import KNOWLEDGE_GAIN_Z_KEY
 from optuna_ext.samplers._autohyper._search import Attempt
+from optuna_ext.samplers._autohyper._search import AutoHyperEvaluation
 from optuna_ext.samplers._autohyper._search import AutoHyperSearch
-from optuna_ext.samplers._autohyper._search import Evaluation
 from optuna_ext.samplers._autohyper._search import GridPoint
 from optuna_ext.samplers._autohyper._search import MAX_TRIALS
 from optuna_ext.samplers._autohyper._search import point_outcome
@@ -113,7 +113,7 @@ class AutoHyperResult:
     message: str
     n_trials: int
     bounds_reached: tuple[str, ...] = ()
-    evaluations: tuple[Evaluation, ...] = ()
+    evaluations: tuple[AutoHyperEvaluation, ...] = ()
 
 
 def _now() -> datetime.datetime:
