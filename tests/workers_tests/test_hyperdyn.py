@@ -115,6 +115,41 @@ def test_the_gp_sees_at_most_max_observations_of_the_latest_epochs() -> None:
         HyperdynSampler(n_startup_trials=5, max_observations=4)
 
 
+@pytest.mark.parametrize(
+    "min_time_weight, oldest", [(0.01, 12.0), (0.1, 57.0), (0.3, 60.0), (None, 0.0)]
+)
+def test_the_gp_leaves_out_epochs_the_time_kernel_forgets(
+    min_time_weight: float | None, oldest: float
+) -> None:
+    # With alpha = 1 and beta = 0.5 an observation Delta epochs back weighs 0.5 / (Delta + 0.5):
+    # at least 0.01 up to Delta = 49.5, 0.1 up to 4.5, 0.3 at Delta = 1 (the epoch before only).
+    sampler = HyperdynSampler(
+        seed=0, n_startup_trials=1, n_candidates=16, min_time_weight=min_time_weight
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    lr = FloatDistribution(1e-4, 1.0, log=True)
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={"epoch": float(e), "lr": 10.0 ** -(1 + e % 3)},
+                distributions={"epoch": FloatDistribution(e, e), "lr": lr},
+                value=float(e),
+            )
+            for e in range(61)
+        ]
+    )
+    _, times = sampler._observations(["lr"], 61.0, study.trials)
+    assert times is not None
+    assert min(times) == oldest and max(times) == 60.0
+    assert len(times) == 61 - int(oldest)
+
+
+def test_min_time_weight_is_checked() -> None:
+    for bad in (-0.1, 1.0, math.nan, "0.1", True):
+        with pytest.raises(ValueError, match="min_time_weight"):
+            HyperdynSampler(min_time_weight=bad)  # type: ignore[arg-type]
+
+
 def test_a_proposal_avoids_the_running_candidates_of_its_epoch() -> None:
     # Two workers propose for epoch 1 from the same observations: without the running
     # candidate as a pending point, both would find the same maximum of EI.
