@@ -225,6 +225,38 @@ def paper_table(all_rows: Sequence[Row]) -> str:
     return format_table(header, body)
 
 
+def summary_tables(all_rows: Sequence[Row]) -> tuple[str, str]:
+    """The headline tables, a row per method and a column per problem (and budget).
+
+    The first gives the final test accuracy (mean ± the 95 % half-width over the seeds), the
+    second the epochs spent until the run first reached the problem's target (mean over the
+    runs that reached it, and how many of the seeds did).
+    """
+    columns = sorted(
+        {(r.problem, r.budget) for r in all_rows}, key=lambda pb: (_problem_order(pb[0]), pb)
+    )
+    budgets = {budget for _, budget in columns}
+    names = [p if len(budgets) == 1 else f"{p} ({b})" for p, b in columns]
+    by = {(r.method, r.problem, r.budget): r for r in all_rows}
+    methods = sorted({r.method for r in all_rows}, key=_order)
+    accuracy, epochs = [], []
+    for method in methods:
+        cells_acc, cells_epochs = [_label(method)], [_label(method)]
+        for problem, budget in columns:
+            r = by.get((method, problem, budget))
+            if r is None:
+                cells_acc.append("")
+                cells_epochs.append("")
+                continue
+            ci = "" if not math.isfinite(r.test_half) else f" ± {100 * r.test_half:.2f}"
+            cells_acc.append(f"{_pct(r.test_mean)}{ci}")
+            cells_epochs.append(f"{_num(r.epochs_to_target, '.4g')} ({r.reached}/{r.n})")
+        accuracy.append(tuple(cells_acc))
+        epochs.append(tuple(cells_epochs))
+    header = ("method", *names)
+    return format_table(header, accuracy), format_table(header, epochs)
+
+
 def _budget_line(runs: Sequence[dict[str, Any]]) -> str:
     s = runs[0]
     return (
@@ -261,6 +293,24 @@ def markdown(summaries: Sequence[dict[str, Any]], *, command: str | None = None)
         "accuracy came within 0.5 points of the run's final best (1 for an online method's "
         "single run). *lr*: the chosen (online: final) rate, geometric mean over the seeds. "
         "Wall times were measured with other jobs on the machine: compare epochs first.",
+        "",
+    ]
+    accuracy, epochs = summary_tables(all_rows)
+    targets = ", ".join(
+        f"{problem} {100 * runs[0]['target']:g} %"
+        for (problem, _), runs in groups(summaries).items()
+    )
+    lines += [
+        "## Summary",
+        "",
+        "Final test accuracy % (mean ± half-width of the 95 % t-interval over the seeds):",
+        "",
+        accuracy,
+        "",
+        f"Epochs spent until the run first reached the target validation accuracy ({targets}); "
+        "mean over the runs that reached it (how many of the seeds did):",
+        "",
+        epochs,
         "",
     ]
     for (problem, budget), runs in groups(summaries).items():

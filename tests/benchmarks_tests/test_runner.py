@@ -90,6 +90,12 @@ def test_a_tiny_run_writes_summaries_and_report_needs_only_the_storage(
     for method in METHODS_RUN:
         assert METHODS[method].label in text
     assert "## linear:" in text and "Paper 004's table" in text
+    # The summary: a row per method, the problem as the column, each cell from the runs.
+    summary = text[text.index("## Summary") : text.index("## linear:")]
+    for method in METHODS_RUN:
+        s = summaries[method]
+        line = next(x for x in summary.splitlines() if x.startswith(f"| {METHODS[method].label} "))
+        assert f"{100 * s['test_accuracy']:.2f}" in line
     assert "budget `tiny`" in text and "python -m benchmarks run" in text
     for name in ("comparison_best_so_far.png", "comparison_lr.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
