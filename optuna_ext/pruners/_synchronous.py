@@ -629,8 +629,9 @@ class SynchronousMORL:
                 changed = True
         for t in view.losers:
             if t.state == TrialState.WAITING and _claim_waiting(storage, t._trial_id):
-                # A retry that lost its round's reports gets them, so its value is the last.
-                _inherit_reports(storage, study.get_trials(deepcopy=False), t)
+                if t.system_attrs.get("retry_history"):
+                    # A retry gets its original's reports, so that its value is the last one.
+                    _inherit_reports(storage, study.get_trials(deepcopy=False), t)
                 self._drop_state(study, t._trial_id, _last_rung_done(t))
                 self._states.get(storage, {}).pop(t._trial_id, None)
                 study.tell(t.number, state=TrialState.PRUNED)
