@@ -15,6 +15,7 @@ from optuna_ext.pruners._rungs import LastRung
 from optuna_ext.pruners._rungs import LayoutRecord
 from optuna_ext.pruners._rungs import prune_at_rung_ends
 from optuna_ext.pruners._rungs import rung_ends
+from optuna_ext.samplers._storage_seeded import draw_index
 from optuna_ext.schedules import RecurringLR
 from optuna_ext.schedules._recurring import PAPER_STEP_FRACTIONS
 
@@ -179,7 +180,8 @@ class MORLHyperbandPruner(HyperbandPruner):
         attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
         bracket = _stored_bracket(attrs.get(BRACKET_KEY), len(self._brackets))
         if bracket is None:
-            bracket = self._hash_bracket(trial.study.study_name, trial.number)
+            frozen = trial.storage.get_trial(trial._trial_id)
+            bracket = self._new_bracket(trial.study, frozen)
             trial.storage.set_trial_system_attr(trial._trial_id, BRACKET_KEY, bracket)
         return self._brackets[bracket]
 
@@ -187,8 +189,9 @@ class MORLHyperbandPruner(HyperbandPruner):
         check_single_objective(study)
         check_step("MORLHyperbandPruner", trial, self._last_step)
         self._layout.ensure(study)
-        bracket = self._get_bracket_id(study, trial)
-        if BRACKET_KEY not in trial.system_attrs:
+        bracket = _stored_bracket(trial.system_attrs.get(BRACKET_KEY), len(self._brackets))
+        if bracket is None:
+            bracket = self._new_bracket(study, trial)
             study._storage.set_trial_system_attr(trial._trial_id, BRACKET_KEY, bracket)
         return prune_at_rung_ends(
             self._create_bracket_study(study, bracket),
@@ -252,6 +255,19 @@ class MORLHyperbandPruner(HyperbandPruner):
         if bracket is not None:
             return bracket
         return self._hash_bracket(study.study_name, trial.number)
+
+    def _new_bracket(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> int:
+        """The bracket of a trial that has none stored yet, from its draw index.
+
+        The draw index is the trial's number among the trials that are not Optuna's retries of
+        a killed trial (a retry takes its original's; see
+        :func:`~optuna_ext.samplers._storage_seeded.draw_index`), so that after a kill and a
+        retry the later trials get the brackets of an uninterrupted run, as
+        ``StorageSeededRandomSampler`` gives them its parameters. Without retries it is the
+        trial number, which Optuna's ``HyperbandPruner`` hashes.
+        """
+        index = draw_index(study.get_trials(deepcopy=False), trial)
+        return self._hash_bracket(study.study_name, index)
 
     def _hash_bracket(self, study_name: str, trial_number: int) -> int:
         n = binascii.crc32(f"{study_name}_{trial_number}".encode()) % (

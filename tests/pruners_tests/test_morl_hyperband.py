@@ -93,6 +93,46 @@ def test_bracket_assignment_matches_optuna_hyperband() -> None:
     assert counts[0] > counts[-1]  # the aggressive bracket gets more trials
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_retry_does_not_shift_the_brackets_of_later_trials() -> None:
+    # Trial 3 is killed and retried (Optuna's retry copy, trial 4, takes its draw): trial 5 of
+    # the resumed run is the fifth draw, trial 4 of an uninterrupted run, and gets its bracket,
+    # as StorageSeededRandomSampler gives it its parameters.
+    def brackets(study: optuna.Study) -> list[int]:
+        out = []
+        for t in study.trials:
+            if t.state == TrialState.FAIL:
+                continue
+            out.append(int(t.system_attrs["MORLHyperbandPruner:bracket"]))
+        return out
+
+    def pruner() -> MORLHyperbandPruner:
+        return MORLHyperbandPruner(max_resource=81, min_resource=1, reduction_factor=3)
+
+    def report(study: optuna.Study, trial: optuna.Trial) -> None:
+        trial.report(0.5, 1)
+        trial.should_prune()
+        study.tell(trial, 0.5)
+
+    uninterrupted = optuna.create_study(study_name="s", pruner=pruner())
+    for _ in range(8):
+        report(uninterrupted, uninterrupted.ask())
+
+    storage = optuna.storages.InMemoryStorage()
+    resumed = optuna.create_study(study_name="s", storage=storage, pruner=pruner())
+    for _ in range(3):
+        report(resumed, resumed.ask())
+    killed = resumed.ask()  # killed before it reported: no bracket stored yet
+    resumed.tell(killed, state=TrialState.FAIL)
+    callback = optuna.storages.RetryFailedTrialCallback(max_retry=1)
+    callback(resumed, resumed._storage.get_trial(killed._trial_id))
+    for _ in range(8 - 3):
+        report(resumed, resumed.ask())
+    assert resumed.trials[4].system_attrs["failed_trial"] == 3
+    assert brackets(resumed) == brackets(uninterrupted)
+    assert len(set(brackets(uninterrupted))) > 1  # the test tells brackets apart
+
+
 def test_schedule_follows_the_trials_bracket() -> None:
     pruner = MORLHyperbandPruner(max_resource=164)
     study = optuna.create_study(pruner=pruner)
