@@ -935,7 +935,7 @@ def _inherit_reports(
 ) -> None:
     """Give a retry the values its failed original reported and it lacks.
 
-    Optuna's ``RetryFailedTrialCallback`` copies no intermediate values unless asked
+    Optuna's ``RetryHeartbeatStaleTrialCallback`` copies no intermediate values unless asked
     (``inherit_intermediate_values``), so a configuration continued in its retry would show
     only the rounds after the failure in the dashboard; the ranking does not depend on them
     (the rung values are system attrs, which are copied).
@@ -954,10 +954,11 @@ def _inherit_reports(
 def _copy_of(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
     """A WAITING copy of a failed trial, with its configuration, progress and checkpoints.
 
-    The copy is marked as Optuna's ``RetryFailedTrialCallback`` marks a retry (the system
-    attrs ``"failed_trial"``, the first trial of the configuration, and ``"retry_history"``), so
-    that ``RetryFailedTrialCallback.retried_trial_number`` finds the original and a sampler
-    seeded per draw (``StorageSeededRandomSampler``) does not count the copy as a new draw.
+    The copy is marked as Optuna's ``RetryHeartbeatStaleTrialCallback`` marks a retry (the
+    system attrs ``"failed_trial"``, the first trial of the configuration, and
+    ``"retry_history"``), so that ``RetryHeartbeatStaleTrialCallback.retried_trial_number``
+    finds the original and a sampler seeded per draw (``StorageSeededRandomSampler``) does not
+    count the copy as a new draw.
     """
     attrs = trial.system_attrs
     history = list(attrs.get("retry_history", []))

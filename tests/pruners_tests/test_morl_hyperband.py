@@ -124,7 +124,7 @@ def test_a_retry_does_not_shift_the_brackets_of_later_trials() -> None:
         report(resumed, resumed.ask())
     killed = resumed.ask()  # killed before it reported: no bracket stored yet
     resumed.tell(killed, state=TrialState.FAIL)
-    callback = optuna.storages.RetryFailedTrialCallback(max_retry=1)
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     callback(resumed, resumed._storage.get_trial(killed._trial_id))
     for _ in range(8 - 3):
         report(resumed, resumed.ask())

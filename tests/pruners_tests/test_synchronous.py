@@ -643,7 +643,10 @@ def test_a_configuration_whose_trial_failed_goes_on_in_a_marked_copy(tmp_path: A
     copies = [t for t in study.trials if t.system_attrs.get("SynchronousMORL:copy_of") is not None]
     assert [t.system_attrs["SynchronousMORL:copy_of"] for t in copies] == [lost.number]
     assert copies[0].system_attrs["failed_trial"] == lost.number
-    assert optuna.storages.RetryFailedTrialCallback.retried_trial_number(copies[0]) == lost.number
+    assert (
+        optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(copies[0])
+        == lost.number
+    )
     assert copies[0].params == lost.params
     assert copies[0].system_attrs[checkpoint_key(0)] == lost.system_attrs[checkpoint_key(0)]
     assert by_config(study) == by_config(reference)
