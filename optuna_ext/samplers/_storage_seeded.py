@@ -33,6 +33,24 @@ the original trial that this trial retries."""
 _MAX_SEED = 2**31 - 1
 
 
+def seed_from(entropy: Sequence[int]) -> int:
+    """A seed for Optuna's samplers (in ``[0, 2**31 - 1)``) derived from ``entropy``."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0] % _MAX_SEED)
+
+
+def seeded_random_draw(
+    study: Study,
+    trial: FrozenTrial,
+    name: str,
+    distribution: BaseDistribution,
+    entropy: Sequence[int],
+) -> Any:
+    """What :class:`~optuna.samplers.RandomSampler` draws for ``name`` with the seed derived from
+    ``entropy`` and the parameter's name: the same value for the same entropy, in any process."""
+    seed = seed_from([*entropy, zlib.crc32(name.encode())])
+    return RandomSampler(seed=seed).sample_independent(study, trial, name, distribution)
+
+
 def _fresh_seed() -> int:
     """A random 32-bit seed from the operating system's entropy."""
     return int(np.random.SeedSequence().generate_state(1)[0])
@@ -159,8 +177,6 @@ class StorageSeededRandomSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         index = draw_index(study._get_trials(deepcopy=False, use_cache=True), trial)
-        entropy = [self._base_seed, index, zlib.crc32(param_name.encode())]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0] % _MAX_SEED)
-        return RandomSampler(seed=seed).sample_independent(
-            study, trial, param_name, param_distribution
+        return seeded_random_draw(
+            study, trial, param_name, param_distribution, [self._base_seed, index]
         )

@@ -8,14 +8,12 @@ import struct
 import threading
 from typing import Any
 from typing import TYPE_CHECKING
-import zlib
 
 import numpy as np
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from optuna.logging import get_logger
 from optuna.samplers import BaseSampler
-from optuna.samplers import RandomSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
@@ -31,6 +29,9 @@ from optuna_ext._gp.gp import KernelParams
 from optuna_ext._gp.gp import single_thread
 from optuna_ext._gp.kernels import check_time_kernel_params
 from optuna_ext._gp.kernels import KERNEL_NAMES
+from optuna_ext.samplers._storage_seeded import _MAX_SEED
+from optuna_ext.samplers._storage_seeded import seed_from
+from optuna_ext.samplers._storage_seeded import seeded_random_draw
 
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ PROPOSAL_KEY = "HyperdynSampler:proposal"
 log EI (standardized units), the fitted length scales, and the numbers of the other running
 candidates of the epoch it treated as pending (``"pending"``)."""
 
-_MAX_SEED = 2**31 - 1
 _STREAM_RELATIVE = 0
 _STREAM_INDEPENDENT = 1
 _STREAM_ACQF = 2
@@ -352,9 +352,7 @@ class HyperdynSampler(BaseSampler):
         name: str,
         distribution: BaseDistribution,
     ) -> Any:
-        entropy = [*key, stream, zlib.crc32(name.encode())]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0] % _MAX_SEED)
-        return RandomSampler(seed=seed).sample_independent(study, trial, name, distribution)
+        return seeded_random_draw(study, trial, name, distribution, [*key, stream])
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -470,9 +468,7 @@ class HyperdynSampler(BaseSampler):
         threshold = incumbent_threshold(gp, query_t)
         pending = self._pending(trial, list(numeric), box, query_t, trials)
         search_gp = gp if pending is None else _believer(gp, pending[0], pending[1])
-        acqf_seed = int(
-            np.random.SeedSequence([*key, _STREAM_ACQF]).generate_state(1)[0] % _MAX_SEED
-        )
+        acqf_seed = seed_from([*key, _STREAM_ACQF])
         best_unit, log_ei = maximize_log_ei(
             search_gp,
             t=query_t,
