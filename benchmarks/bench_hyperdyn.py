@@ -65,8 +65,8 @@ them under another stem instead, e.g. for the paper-length comparison, where the
 schedule and the Hyperdyn runs both get 40 or 60 epochs (``--epochs``), so that the first
 decay comes late as in He et al.'s schedule that the paper compares against::
 
-    python -m benchmarks.bench_hyperdyn --epochs 60 --tasks digits teacher-image \
-        --seeds 0 1 2 3 4 --methods 'Hyperdyn SGD' 'Hyperdyn SGD (compare)' \
+    python -m benchmarks.bench_hyperdyn --epochs 60 --tasks digits teacher-image \\
+        --seeds 0 1 2 3 4 --methods 'Hyperdyn SGD' 'Hyperdyn SGD (compare)' \\
         --report-name hyperdyn_table1_long
 
 A run without an Adam method in ``--methods`` leaves out hand-tuned Adam and its grid.
