@@ -89,6 +89,7 @@ def fit_hyperdyn(
     greedy: bool = False,
     random_factor: int | None = None,
     trend_test: str = "paper",
+    max_switch_drop: float | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> HyperdynResult:
@@ -138,6 +139,9 @@ def fit_hyperdyn(
         random_factor: Run the random-search baseline with this many candidates per epoch.
         trend_test: ``"paper"`` (Algorithm 5) or ``"compare"`` (a variant that also weighs
             the two candidates; see :class:`HyperdynTuner`).
+        max_switch_drop: Refuse a switch to a proposal that scored more than this many
+            percentage points below the incumbent in the epoch (a guard that is not in the
+            paper; see :class:`HyperdynTuner`); :obj:`None` follows the paper.
         seed: The seed of the data order, the sampler (when it is created here) and the
             tuner.
         device: The device to train on.
@@ -170,6 +174,7 @@ def fit_hyperdyn(
         random_factor=random_factor,
         seed=seed,
         trend_test=trend_test,
+        max_switch_drop=max_switch_drop,
     )
     result = tuner.run(epochs=epochs)
     test = evaluate_model(model, data.test, device=device).accuracy

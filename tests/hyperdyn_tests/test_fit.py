@@ -25,6 +25,7 @@ from optuna_ext.tasks import make_teacher_data
         ({"epochs": 0}, "`epochs` is 0"),
         ({"window": 0}, "`window`"),
         ({"n_random_start": 0}, "`n_random_start`"),
+        ({"max_switch_drop": -1.0}, "`max_switch_drop`"),
     ],
 )
 def test_bad_arguments_raise_before_any_trial(kwargs: dict[str, Any], match: str) -> None:

@@ -154,6 +154,54 @@ def test_compare_decisions_weigh_the_incumbents_lead() -> None:
     assert overruled >= 1
 
 
+@pytest.mark.parametrize("trend_test", ["paper", "compare"])
+def test_the_switch_guard_refuses_a_proposal_that_scored_far_below(trend_test: str) -> None:
+    # A large offset makes the test switch often, also to proposals that did worse.
+    settings: dict[str, Any] = dict(window=2, offset=2.0, metric_scale=100.0)
+    drop = 0.0  # percentage points: refuse every switch to a proposal that did worse
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(
+        study, MemoryArtifactStore(), max_switch_drop=drop, trend_test=trend_test, **settings
+    )
+    result = tuner.run(epochs=8)
+    records = _records(study)
+    assert records[0]["guarded"] is False
+    guarded = 0
+    for t in range(1, 8):
+        record = records[t]
+        by_role = {
+            study.trials[n].user_attrs["hyperdyn:role"]: study.trials[n].user_attrs
+            for n in record["candidates"]
+        }
+        lead = by_role["incumbent"]["hyperdyn:accuracy"] - by_role["proposal"]["hyperdyn:accuracy"]
+        history = result.accuracy[:t]
+        keep = check_accuracy_trend(
+            history,
+            lead=lead if trend_test == "compare" else None,
+            u=record["u"],
+            **settings,
+        )
+        refused = not keep and 100.0 * lead > drop
+        assert record["guarded"] is refused
+        assert record["switched"] is (not keep and not refused)
+        kept = study.trials[record["kept_trial"]]
+        assert kept.user_attrs["hyperdyn:role"] == (
+            "proposal" if record["switched"] else "incumbent"
+        )
+        guarded += refused
+    # The toy run exercises the guard: the test alone would have switched to a worse proposal.
+    assert guarded >= 1
+
+
+def test_the_switch_guard_is_part_of_the_stored_settings() -> None:
+    study = _study()
+    tuner, _, _ = _toy.make_tuner(study, MemoryArtifactStore(), max_switch_drop=5.0)
+    tuner.run(epochs=2)
+    other, _, _ = _toy.make_tuner(study, MemoryArtifactStore())
+    with pytest.raises(ValueError, match="max_switch_drop: stored 5.0, given None"):
+        other.run(epochs=3)
+
+
 def test_paper_test_records_no_lead() -> None:
     study = _study()
     tuner, _, _ = _toy.make_tuner(study, MemoryArtifactStore())
@@ -295,6 +343,13 @@ def test_non_numeric_metric_raises_type_error() -> None:
         ({"trend_test": "trend"}, "trend_test"),
         ({"trend_test": "compare", "greedy": True}, "run no trend test"),
         ({"trend_test": "compare", "random_factor": 5}, "run no trend test"),
+        ({"max_switch_drop": -1.0}, "max_switch_drop"),
+        ({"max_switch_drop": math.nan}, "max_switch_drop"),
+        ({"max_switch_drop": math.inf}, "max_switch_drop"),
+        ({"max_switch_drop": True}, "max_switch_drop"),
+        ({"max_switch_drop": "5"}, "max_switch_drop"),
+        ({"max_switch_drop": 5.0, "greedy": True}, "run no trend test"),
+        ({"max_switch_drop": 5.0, "random_factor": 5}, "run no trend test"),
         ({"seed": -1}, "seed"),
         ({"search_space": {"nesterov_lr": FloatDistribution(0.1, 1.0)}}, "no `nesterov_lr`"),
         ({"search_space": {"epoch": FloatDistribution(0.0, 1.0)}}, "time parameter"),
