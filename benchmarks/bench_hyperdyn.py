@@ -39,7 +39,10 @@ the run near an hour on the shared 2-core machine):
 - ``random 5x SGD``: the paper's random search with 5 random candidates per epoch;
 - ``Hyperdyn SGD (compare)``: Hyperdyn SGD with ``trend_test="compare"``, the option that
   also weighs the incumbent's lead over the proposal in the current epoch (not the paper's
-  test; see :class:`optuna_ext.hyperdyn.HyperdynTuner`).
+  test; see :class:`optuna_ext.hyperdyn.HyperdynTuner`);
+- ``Hyperdyn SGD (guard)``: Hyperdyn SGD (the paper's test) with ``max_switch_drop=5``: a
+  switch to a proposal that scored more than 5 percentage points below the incumbent in the
+  epoch is refused (not in the paper; see :class:`optuna_ext.hyperdyn.HyperdynTuner`).
 
 Each epoch of the Hyperdyn-type runs trains several candidates (5 at epoch 0, then 2, or 5 for
 random search); as in the paper, "epochs" count the epochs of the kept trajectory, and the
@@ -115,6 +118,7 @@ METHODS = (
     "greedy BO SGD",
     "random 5x SGD",
     "Hyperdyn SGD (compare)",
+    "Hyperdyn SGD (guard)",
 )
 # The methods compared with the hand-tuned schedule in the paper's Table 1 shape.
 TUNED = (
@@ -123,7 +127,10 @@ TUNED = (
     "greedy BO SGD",
     "random 5x SGD",
     "Hyperdyn SGD (compare)",
+    "Hyperdyn SGD (guard)",
 )
+# The switch guard of "Hyperdyn SGD (guard)", in percentage points (chosen before any run).
+GUARD_DROP = 5.0
 # 97.5 % quantiles of Student's t for the 95 % intervals over seeds (by degrees of freedom).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -240,6 +247,7 @@ def _hyperdyn(task: str, batch_size: int, seed: int, method: str, epochs: int) -
         greedy=method.startswith("greedy"),
         random_factor=5 if method.startswith("random") else None,
         trend_test="compare" if "compare" in method else "paper",
+        max_switch_drop=GUARD_DROP if "guard" in method else None,
     )
     return {
         "accuracy": result.accuracy,
