@@ -248,8 +248,8 @@ class HyperdynTuner:
     nothing. ``max_switch_drop=d`` refuses a switch to a proposal whose metric after the
     epoch is more than ``d`` below the incumbent's (in the units of ``T`` and ``b``:
     percentage points with ``metric_scale=100``); the incumbent is kept and the epoch's
-    record says ``"guarded": True``. In the benchmarks such switches were 4 of 499 and lost
-    more than 10 points each; one run fell from 99.4 % to 36 % at epoch 55 of 60 and did not
+    record says ``"guarded": True``. In the benchmarks, 4 of 499 switches lost more than 10
+    points in their epoch; one run fell from 99.4 % to 36 % at epoch 55 of 60 and did not
     recover (``benchmarks/results/hyperdyn_notes.md``). :obj:`None` (the default) follows the
     paper.
 
