@@ -142,6 +142,23 @@ def _lower_gram(stack: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
     return out
 
 
+def last_indices(counts: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """The index of each row's last entry, ``counts[i] - 1``, as a ``(B, 1)`` index tensor."""
+    return (torch.tensor(list(counts), device=device) - 1).unsqueeze(1)
+
+
+def padded_row_sums(values: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Row sums of a padded ``(B, width)`` batch, each up to its row's ``last`` index: ``(B, 1)``.
+
+    Each is the prefix sum at the row's last entry: a running sum in index order, so that a
+    row's result does not depend on how far the rows are padded (a plain ``sum`` over the
+    padded width changes its summation order with the width, and with it the last bits, the
+    search's path and, near the threshold, the rank), i.e. on the other matrices of the batch.
+    ``last`` comes from :func:`last_indices`.
+    """
+    return values.cumsum(dim=1).gather(1, last.expand(values.shape[0], 1))
+
+
 def _brent_bounded(
     lower: float, upper: float, rtol: float, atol: float
 ) -> Generator[float, float, float]:
@@ -291,15 +308,10 @@ def _solve_padded(
     valid = index < torch.tensor(counts, device=device).unsqueeze(1)
     in_tail = valid & (index >= torch.tensor(tail_starts, device=device).unsqueeze(1))
 
-    # Every sum over a row is the prefix sum at the row's last singular value: a running sum
-    # in index order, so that a row's result does not depend on how far the rows are padded
-    # (a plain `sum` over the padded width changes its summation order with the width, and
-    # with it the last bits, the search's path and, near the threshold, the rank), i.e. on the
-    # other matrices of the batch.
-    last = (torch.tensor(counts, device=device) - 1).unsqueeze(1)
+    last = last_indices(counts, device)
 
     def row_sum(values: torch.Tensor) -> torch.Tensor:
-        return values.cumsum(dim=1).gather(1, last.expand(values.shape[0], 1))
+        return padded_row_sums(values, last)
 
     s = torch.where(valid, singular_values, torch.zeros_like(singular_values))
     energy = row_sum(s * s)

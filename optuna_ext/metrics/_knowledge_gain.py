@@ -18,6 +18,8 @@ from optuna_ext.metrics._evbmf import _lower_gram
 from optuna_ext.metrics._evbmf import _singular_values_from_gram
 from optuna_ext.metrics._evbmf import _solve_padded
 from optuna_ext.metrics._evbmf import _validate_options
+from optuna_ext.metrics._evbmf import last_indices
+from optuna_ext.metrics._evbmf import padded_row_sums
 
 
 if TYPE_CHECKING:
@@ -241,10 +243,10 @@ def _knowledge_gains(
     largest = shrunk[:, :1]
     ratios = shrunk / torch.where(largest > 0.0, largest, torch.ones_like(largest))
     n_channels = torch.tensor(channels, dtype=torch.float64, device=device)
-    # The sum up to each unfolding's own number of singular values (a prefix sum, as in
-    # `_solve_padded`), so that a layer's gain does not depend on the other layers' widths.
-    last = torch.tensor([min(shape) - 1 for shape in shapes], device=device).unsqueeze(1)
-    gains = (ratios**p).cumsum(dim=1).gather(1, last).squeeze(1) / n_channels
+    # The sum up to each unfolding's own number of singular values, so that a layer's gain
+    # does not depend on the other layers' widths.
+    last = last_indices([min(shape) for shape in shapes], device)
+    gains = padded_row_sums(ratios**p, last).squeeze(1) / n_channels
 
     ranks = solution.rank.tolist()
     gain_values = gains.tolist()
