@@ -173,16 +173,15 @@ def problem_table(group_rows: Sequence[Row]) -> str:
     )
     body = []
     for r in group_rows:
-        ci = "" if not math.isfinite(r.test_half) else f" ± {100 * r.test_half:.2f}"
         spent = _num(r.epochs_spent, ".4g")
         if r.final_epochs > 0:
             spent += f" + {r.final_epochs:.0f} final"
         body.append(
             (
                 _label(r.method),
-                f"{_pct(r.test_mean)}{ci}",
+                _test_cell(r),
                 _pct(r.train_mean),
-                f"{_num(r.epochs_to_target, '.4g')} ({r.reached}/{r.n})",
+                _target_cell(r),
                 _num(r.seconds_to_target, ".3g"),
                 spent,
                 _num(r.wall_seconds, ".3g"),
@@ -193,6 +192,17 @@ def problem_table(group_rows: Sequence[Row]) -> str:
             )
         )
     return format_table(header, body)
+
+
+def _test_cell(r: Row) -> str:
+    """The test accuracy % with the 95 % half-width over the seeds, e.g. ``97.96 ± 0.41``."""
+    ci = "" if not math.isfinite(r.test_half) else f" ± {100 * r.test_half:.2f}"
+    return f"{_pct(r.test_mean)}{ci}"
+
+
+def _target_cell(r: Row) -> str:
+    """The epochs to the target with how many seeds reached it, e.g. ``8 (3/3)``."""
+    return f"{_num(r.epochs_to_target, '.4g')} ({r.reached}/{r.n})"
 
 
 def paper_table(all_rows: Sequence[Row]) -> str:
@@ -248,9 +258,8 @@ def summary_tables(all_rows: Sequence[Row]) -> tuple[str, str]:
                 cells_acc.append("")
                 cells_epochs.append("")
                 continue
-            ci = "" if not math.isfinite(r.test_half) else f" ± {100 * r.test_half:.2f}"
-            cells_acc.append(f"{_pct(r.test_mean)}{ci}")
-            cells_epochs.append(f"{_num(r.epochs_to_target, '.4g')} ({r.reached}/{r.n})")
+            cells_acc.append(_test_cell(r))
+            cells_epochs.append(_target_cell(r))
         accuracy.append(tuple(cells_acc))
         epochs.append(tuple(cells_epochs))
     header = ("method", *names)
