@@ -19,6 +19,9 @@ import weakref
 
 from optuna.study import StudyDirection
 
+from optuna_ext.samplers._storage_seeded import RETRIED_FROM_KEY
+from optuna_ext.samplers._storage_seeded import RETRY_HISTORY_KEY
+
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -116,25 +119,19 @@ def recorded_by_key(prefix: str) -> str:
     return f"{prefix}:rungs_recorded_by"
 
 
-_RETRIED_FROM_KEY = "failed_trial"
-"""Trial system attr of Optuna's retry copies: the number of the original trial."""
-_RETRY_HISTORY_KEY = "retry_history"
-"""Trial system attr of Optuna's retry copies: the numbers of the trials they retry."""
-
-
 def retried_trial_numbers(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
     """The numbers of the trials that a retry copy of Optuna's retry callback replaces."""
     return {
         int(n)
         for t in trials
-        for n in t.system_attrs.get(_RETRY_HISTORY_KEY, ())
+        for n in t.system_attrs.get(RETRY_HISTORY_KEY, ())
         if isinstance(n, int) and not isinstance(n, bool)
     }
 
 
 def _own_rungs(trial: optuna.trial.FrozenTrial, prefix: str) -> int | None:
     """How many rungs a retry copy has recorded itself; :obj:`None` for an ordinary trial."""
-    if _RETRIED_FROM_KEY not in trial.system_attrs:
+    if RETRIED_FROM_KEY not in trial.system_attrs:
         return None
     owner = trial.system_attrs.get(recorded_by_key(prefix))
     if isinstance(owner, list) and len(owner) == 2 and owner[0] == trial.number:

@@ -31,6 +31,8 @@ from optuna_ext.pruners._rungs import completed_rung_key
 from optuna_ext.pruners._rungs import first_rung_end
 from optuna_ext.pruners._rungs import LastRung
 from optuna_ext.pruners._rungs import rung_ends
+from optuna_ext.samplers._storage_seeded import RETRIED_FROM_KEY
+from optuna_ext.samplers._storage_seeded import RETRY_HISTORY_KEY
 from optuna_ext.schedules import RecurringLR
 from optuna_ext.schedules._recurring import PAPER_STEP_FRACTIONS
 
@@ -629,7 +631,7 @@ class SynchronousMORL:
                 changed = True
         for t in view.losers:
             if t.state == TrialState.WAITING and _claim_waiting(storage, t._trial_id):
-                if t.system_attrs.get("retry_history"):
+                if t.system_attrs.get(RETRY_HISTORY_KEY):
                     # A retry gets its original's reports, so that its value is the last one.
                     _inherit_reports(storage, study.get_trials(deepcopy=False), t)
                 self._drop_state(study, t._trial_id, _last_rung_done(t))
@@ -940,7 +942,7 @@ def _inherit_reports(
     only the rounds after the failure in the dashboard; the ranking does not depend on them
     (the rung values are system attrs, which are copied).
     """
-    history = trial.system_attrs.get("retry_history")
+    history = trial.system_attrs.get(RETRY_HISTORY_KEY)
     if not history or not isinstance(history[-1], int):
         return
     original = next((t for t in trials if t.number == history[-1]), None)
@@ -961,7 +963,7 @@ def _copy_of(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
     count the copy as a new draw.
     """
     attrs = trial.system_attrs
-    history = list(attrs.get("retry_history", []))
+    history = list(attrs.get(RETRY_HISTORY_KEY, []))
     return optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=trial.params,
@@ -970,8 +972,8 @@ def _copy_of(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
         system_attrs={
             **attrs,
             f"{_PREFIX}:copy_of": trial.number,
-            "failed_trial": attrs.get("failed_trial", trial.number),
-            "retry_history": [*history, trial.number],
+            RETRIED_FROM_KEY: attrs.get(RETRIED_FROM_KEY, trial.number),
+            RETRY_HISTORY_KEY: [*history, trial.number],
         },
         intermediate_values=trial.intermediate_values,
     )

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 RETRIED_FROM_KEY = "failed_trial"
 """Trial system attr written by Optuna's ``RetryHeartbeatStaleTrialCallback``: the number of
 the original trial that this trial retries."""
+RETRY_HISTORY_KEY = "retry_history"
+"""Trial system attr written by Optuna's ``RetryHeartbeatStaleTrialCallback``: the numbers of
+the trials that this trial retries, the last one the trial it copies."""
 
 _MAX_SEED = 2**31 - 1
 
