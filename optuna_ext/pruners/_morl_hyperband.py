@@ -177,22 +177,14 @@ class MORLHyperbandPruner(HyperbandPruner):
             The rung ends in epochs of the trial's bracket.
         """
         self._layout.ensure(trial.study)
-        attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
-        bracket = _stored_bracket(attrs.get(BRACKET_KEY), len(self._brackets))
-        if bracket is None:
-            frozen = trial.storage.get_trial(trial._trial_id)
-            bracket = self._new_bracket(trial.study, frozen)
-            trial.storage.set_trial_system_attr(trial._trial_id, BRACKET_KEY, bracket)
-        return self._brackets[bracket]
+        frozen = trial.storage.get_trial(trial._trial_id)
+        return self._brackets[self._recorded_bracket(trial.study, frozen)]
 
     def prune(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> bool:
         check_single_objective(study)
         check_step("MORLHyperbandPruner", trial, self._last_step)
         self._layout.ensure(study)
-        bracket = _stored_bracket(trial.system_attrs.get(BRACKET_KEY), len(self._brackets))
-        if bracket is None:
-            bracket = self._new_bracket(study, trial)
-            study._storage.set_trial_system_attr(trial._trial_id, BRACKET_KEY, bracket)
+        bracket = self._recorded_bracket(study, trial)
         return prune_at_rung_ends(
             self._create_bracket_study(study, bracket),
             trial,
@@ -255,6 +247,14 @@ class MORLHyperbandPruner(HyperbandPruner):
         if bracket is not None:
             return bracket
         return self._hash_bracket(study.study_name, trial.number)
+
+    def _recorded_bracket(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> int:
+        """The trial's stored bracket; for a trial without one, a new one, stored."""
+        bracket = _stored_bracket(trial.system_attrs.get(BRACKET_KEY), len(self._brackets))
+        if bracket is None:
+            bracket = self._new_bracket(study, trial)
+            study._storage.set_trial_system_attr(trial._trial_id, BRACKET_KEY, bracket)
+        return bracket
 
     def _new_bracket(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> int:
         """The bracket of a trial that has none stored yet, from its draw index.
