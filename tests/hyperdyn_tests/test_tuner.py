@@ -57,6 +57,15 @@ def _records(study: optuna.Study) -> list[dict[str, Any]]:
     return out
 
 
+def _lead(study: optuna.Study, record: dict[str, Any]) -> float:
+    """The incumbent's accuracy minus the proposal's in an epoch, from the epoch's trials."""
+    by_role = {
+        study.trials[n].user_attrs["hyperdyn:role"]: study.trials[n].user_attrs
+        for n in record["candidates"]
+    }
+    return by_role["incumbent"]["hyperdyn:accuracy"] - by_role["proposal"]["hyperdyn:accuracy"]
+
+
 def test_run_records_every_candidate_as_a_trial() -> None:
     study = _study()
     store = MemoryArtifactStore()
@@ -130,14 +139,7 @@ def test_compare_decisions_weigh_the_incumbents_lead() -> None:
     overruled = 0  # epochs where the paper's test would have kept the incumbent
     for t in range(1, 5):
         record = records[t]
-        by_role = {
-            study.trials[n].user_attrs["hyperdyn:role"]: study.trials[n]
-            for n in record["candidates"]
-        }
-        lead = (
-            by_role["incumbent"].user_attrs["hyperdyn:accuracy"]
-            - by_role["proposal"].user_attrs["hyperdyn:accuracy"]
-        )
+        lead = _lead(study, record)
         assert record["lead"] == pytest.approx(lead)
         history = result.accuracy[:t]
         settings: dict[str, Any] = dict(window=2, offset=0.5, metric_scale=100.0)
@@ -169,11 +171,7 @@ def test_the_switch_guard_refuses_a_proposal_that_scored_far_below(trend_test: s
     guarded = 0
     for t in range(1, 8):
         record = records[t]
-        by_role = {
-            study.trials[n].user_attrs["hyperdyn:role"]: study.trials[n].user_attrs
-            for n in record["candidates"]
-        }
-        lead = by_role["incumbent"]["hyperdyn:accuracy"] - by_role["proposal"]["hyperdyn:accuracy"]
+        lead = _lead(study, record)
         history = result.accuracy[:t]
         keep = check_accuracy_trend(
             history,
